@@ -1,0 +1,1 @@
+"""Sub-commands of `mobius`; see `mobius_ros/cli.py`."""

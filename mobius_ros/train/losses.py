@@ -1,7 +1,7 @@
 """Loss and matching-cost primitives for set prediction (pure torch functions).
 
-Box math here is differentiable torch (the criterion needs gradients); the numpy geometry used at
-inference lives in `mobius_ros/ops/`. Point sampling follows Mask2Former: masks are compared on a
+Box geometry comes from `mobius_ros/ops/boxes.py` (differentiable on tensors). Point sampling
+follows Mask2Former: masks are compared on a
 set of sampled points instead of full resolution, so predictions at H/4 and targets at H meet in
 normalised coordinates without resizing either.
 """
@@ -11,32 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """[..., 4] cx, cy, w, h -> [..., 4] x1, y1, x2, y2."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
-
-
-def box_iou_xyxy(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    """Pairwise IoU and union of [N, 4] and [M, 4] x1y1x2y2 boxes -> ([N, M], [N, M])."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)
-    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    union = area1[:, None] + area2[None, :] - inter
-    return inter / union.clamp(min=1e-7), union
-
-
-def generalized_box_iou_xyxy(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise generalised IoU of [N, 4] and [M, 4] x1y1x2y2 boxes -> [N, M] in [-1, 1]."""
-    iou, union = box_iou_xyxy(boxes1, boxes2)
-    top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    hull = (bottom_right - top_left).clamp(min=0).prod(-1)
-    return iou - (hull - union) / hull.clamp(min=1e-7)
 
 
 def sigmoid_focal_loss(

@@ -14,10 +14,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from mobius_ros.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 from mobius_ros.train.losses import (
-    box_cxcywh_to_xyxy,
     focal_class_cost,
-    generalized_box_iou_xyxy,
     pairwise_bce_cost,
     pairwise_dice_cost,
     point_sample,
@@ -106,9 +105,7 @@ class HungarianMatcher:
         target_boxes = target['boxes'].to(boxes)
         cost = c.class_weight * focal_class_cost(logits, labels, c.focal_alpha, c.focal_gamma)
         cost = cost + c.box_l1_weight * torch.cdist(boxes, target_boxes, p=1)
-        giou = generalized_box_iou_xyxy(
-            box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes)
-        )
+        giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
         cost = cost - c.giou_weight * giou
         target_masks = target.get('masks')
         if masks is not None and target_masks is not None:

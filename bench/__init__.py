@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each script writes JSON to bench/results/, report.py tabulates it."""

@@ -230,7 +230,7 @@ def _sample_attributes(
 
 
 def generate_scene(
-    rng: np.random.Generator, *, split: str = 'train', config: SynthConfig = SynthConfig()
+    rng: np.random.Generator, *, split: str, config: SynthConfig = SynthConfig()
 ) -> Scene:
     """Draw one scene: background, then objects back to front with occlusion.
 

@@ -1,0 +1,123 @@
+"""The synthetic scene generator: determinism, masks, expressions, held-out splits, speed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mobius_ros.ops.masks import rle_decode
+from mobius_ros.train.data.coco import CocoInstances
+from mobius_ros.train.data.synthetic import (
+    COLOURS,
+    HELD_OUT_COMBINATIONS,
+    HELD_OUT_SYNONYMS,
+    SHAPES,
+    SynthConfig,
+    generate_scene,
+    scene_rng,
+    shape_mask,
+    write_split,
+)
+from mobius_ros.train.data.synthetic_expressions import _matches, _relation_holds
+
+
+def test_deterministic_per_image() -> None:
+    a = generate_scene(scene_rng(3, 'train', 7), split='train')
+    b = generate_scene(scene_rng(3, 'train', 7), split='train')
+    c = generate_scene(scene_rng(3, 'train', 8), split='train')
+    np.testing.assert_array_equal(a.image, b.image)
+    assert [e['sentence'] for e in a.expressions] == [e['sentence'] for e in b.expressions]
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_masks_are_visible_disjoint_and_coloured() -> None:
+    for i in range(20):
+        scene = generate_scene(scene_rng(0, 'val', i), split='val')
+        masks = np.stack([inst.mask for inst in scene.instances])
+        assert masks.sum(0).max() <= 1  # occlusion: visible parts never overlap
+        for inst in scene.instances:
+            assert inst.area >= 16 and inst.area == inst.mask.sum()
+            # solid pixels have the named colour (within the jitter); textures darken some
+            pixels = scene.image[inst.mask].astype(int)
+            distance = np.abs(pixels - np.array(COLOURS[inst.colour])).max(1)
+            assert (distance <= 13).mean() > 0.4
+
+
+def test_shape_mask_known_area() -> None:
+    circle = shape_mask('circle', (32, 32), 10, 0.0, (64, 64))
+    assert abs(circle.sum() - np.pi * 100) < 0.1 * np.pi * 100
+    ring = shape_mask('ring', (32, 32), 10, 0.0, (64, 64))
+    assert not ring[32, 32] and ring.sum() < circle.sum()
+    for shape in SHAPES:
+        assert shape_mask(shape, (32, 32), 12, 0.3, (64, 64)).sum() > 50
+
+
+def test_expressions_pick_exactly_one_instance() -> None:
+    for i in range(40):
+        scene = generate_scene(scene_rng(1, 'train', i), split='train')
+        for expr in scene.expressions:
+            words = expr['sentence'].split()
+            target = scene.instances[expr['target']]
+            assert target.shape in words
+            assert expr['held_out'] == []  # never outside the test split
+            if expr['kind'] == 'relation':
+                relation = next(
+                    r
+                    for r in ('left of', 'right of', 'above', 'below')
+                    if f' {r} ' in expr['sentence']
+                )
+                anchors = [
+                    inst
+                    for inst in scene.instances
+                    if inst is not target and _relation_holds(target, inst, relation, 0.05 * 128)
+                ]
+                assert anchors
+            if expr['kind'] == 'attribute' and len(words) == 2:
+                d = (None, None, words[1])
+                assert sum(_matches(inst, d) for inst in scene.instances) == 1
+
+
+def test_held_out_only_in_test_split() -> None:
+    seen = set()
+    for i in range(150):
+        for inst in generate_scene(scene_rng(0, 'train', i), split='train').instances:
+            seen.add((inst.colour, inst.shape))
+    assert not seen & HELD_OUT_COMBINATIONS
+    flags, synonyms = set(), 0
+    for i in range(150):
+        scene = generate_scene(scene_rng(0, 'test', i), split='test')
+        for expr in scene.expressions:
+            flags.update(expr['held_out'])
+            synonyms += any(s in expr['sentence'] for s in HELD_OUT_SYNONYMS.values())
+        for inst in scene.instances:
+            assert inst.held_out == ((inst.colour, inst.shape) in HELD_OUT_COMBINATIONS)
+    assert flags == {'synonym', 'combination'} and synonyms > 0
+
+
+def test_write_split_is_coco_and_loads(tmp_path: Path) -> None:
+    paths = write_split(tmp_path, split='test', num=6, image_hw=(64, 96), seed=0)
+    coco = json.loads(paths['instances'].read_text())
+    refs = json.loads(paths['refs'].read_text())['refs']
+    assert len(coco['images']) == 6 and coco['images'][0]['width'] == 96
+    assert all(r['synthetic'] for r in refs)
+    ann = coco['annotations'][0]
+    assert rle_decode(ann['segmentation']).sum() == ann['area']
+    assert ann['phrases'][0] == f'{ann["attributes"]["colour"]} {SHAPES[ann["category_id"] - 1]}'
+    ds = CocoInstances(paths['instances'], paths['images'])
+    sample = ds[0]
+    assert sample.image.shape == (64, 96, 3) and ds.phrases == SHAPES
+    # rewriting with the same seed gives the same bytes
+    again = write_split(tmp_path / 'again', split='test', num=6, image_hw=(64, 96), seed=0)
+    assert again['instances'].read_text() == paths['instances'].read_text()
+
+
+def test_generation_is_fast() -> None:
+    config = SynthConfig(image_hw=(128, 128))
+    start = time.perf_counter()
+    for i in range(50):
+        generate_scene(scene_rng(0, 'train', i), split='train', config=config)
+    per_image_ms = (time.perf_counter() - start) / 50 * 1000
+    assert per_image_ms < 20  # ~2-3 ms here; generous for a loaded CI machine

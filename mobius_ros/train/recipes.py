@@ -1,0 +1,316 @@
+"""Named training recipes as frozen dataclasses; YAML files in `configs/` map onto them.
+
+- `paper`: the supplementary's single-stage recipe (§6, Tab. 5): the 14-dataset mixture with its
+  sampling ratios, 500k iterations, AdamW 1e-4 / wd 0.05, encoders at 0.1x, lr x0.1 after 400k and
+  500k iterations (as written; the second decay coincides with the end of training), multi-scale
+  384-800 short side, long side <= 1333.
+- `demo`: the bundled CPU-trained demo model on synthetic scenes (DESIGN §7).
+- `coco128`: a smoke run on the 128-image COCO subset.
+- `tiny`: seconds-long runs for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobius_ros.train.criterion import LossWeights
+from mobius_ros.train.matcher import MatchCosts
+from mobius_ros.train.optim import OptimConfig
+
+TASKS = ('vocabulary', 'agnostic', 'referring')
+SOURCES = ('synthetic', 'coco', 'refcoco')
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the mixture.
+
+    Attributes:
+        name: label used in logs.
+        source: 'synthetic' (generated on the fly), 'coco' (instances JSON) or 'refcoco'
+            (refs + instances JSON).
+        task: 'vocabulary' (class names), 'agnostic' (prompt "object") or 'referring'.
+        ratio: sampling ratio within the mixture (Tab. 5); one dataset per batch.
+        images: image folder (coco/refcoco).
+        annotations: instances JSON (coco) or refs JSON (refcoco).
+        instances: instances JSON of a refcoco dataset.
+        box_only: the dataset has no masks (mask losses are skipped).
+        max_vocabulary: phrases per batch for large vocabularies (positives first).
+        num_images: size of a synthetic split (0 = endless fresh scenes).
+    """
+
+    name: str
+    source: str
+    task: str = 'vocabulary'
+    ratio: float = 1.0
+    images: str = ''
+    annotations: str = ''
+    instances: str = ''
+    box_only: bool = False
+    max_vocabulary: int = 100
+    num_images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f'dataset {self.name}: source must be one of {SOURCES}')
+        if self.task not in TASKS:
+            raise ValueError(f'dataset {self.name}: task must be one of {TASKS}')
+        if self.ratio <= 0:
+            raise ValueError(f'dataset {self.name}: ratio must be positive')
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run needs besides the output directory.
+
+    Attributes:
+        variant: model name in `mobius_ros.model.variants.VARIANTS`.
+        text_encoder: 'clip', 'minilm' or 'tiny'.
+        model_overrides: (field, value) pairs passed to `build_model` (e.g. num_queries).
+        short_sides: multi-scale training sizes of the shorter image side; `max_long_side` caps
+            the longer one.
+        batch_size: images per process per step.
+        amp: bfloat16 autocast when training on CUDA (ignored on CPU).
+        freeze_text_encoder: keep the text encoder fixed (its projection still learns).
+    """
+
+    name: str
+    variant: str
+    text_encoder: str
+    datasets: tuple[DatasetSpec, ...]
+    iterations: int
+    batch_size: int
+    short_sides: tuple[int, ...]
+    max_long_side: int
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    match: MatchCosts = field(default_factory=MatchCosts)
+    model_overrides: tuple[tuple[str, Any], ...] = ()
+    pretrained: bool = False
+    freeze_text_encoder: bool = False
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 5000
+    eval_images: int = 0
+    notes: str = field(default='', compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), the inverse of `from_dict`."""
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """Build from a nested dict; unknown keys anywhere are errors."""
+        return _from_dict(cls, data, 'recipe')
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some top-level fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f'{where}: expected a mapping, got {type(data).__name__}')
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {unknown}; known: {sorted(names)}')
+    return cls(**{k: _convert(hints[k], v, f'{where}.{k}') for k, v in data.items()})
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f'{where}[{i}]') for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f'{where}: expected {len(args)} items, got {len(value)}')
+        return tuple(_convert(a, v, f'{where}[{i}]') for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (typing.Union, types.UnionType) or hint is Any:
+        return value
+    if hint is float and isinstance(value, int):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise TypeError(f'{where}: expected {hint.__name__}, got {value!r}')
+    return value
+
+
+def _paper_datasets(root: str = 'datasets') -> tuple[DatasetSpec, ...]:
+    """Tab. 5 of the supplementary: the single-stage mixture and its sampling ratios.
+
+    Video datasets are used frame by frame; SA1B is the 500k-image subset after the part-level
+    mask-IoU NMS; the three RefCOCO datasets share one ratio (2.5) as a joint set.
+    """
+
+    def coco(
+        name: str, ratio: float, task: str = 'vocabulary', box_only: bool = False
+    ) -> DatasetSpec:
+        return DatasetSpec(
+            name=name,
+            source='coco',
+            task=task,
+            ratio=ratio,
+            images=f'{root}/{name}/images',
+            annotations=f'{root}/{name}/annotations/instances_train.json',
+            box_only=box_only,
+        )
+
+    def refer(name: str, ratio: float, box_only: bool = False) -> DatasetSpec:
+        return DatasetSpec(
+            name=name,
+            source='refcoco',
+            task='referring',
+            ratio=ratio,
+            images=f'{root}/coco/images/train2014',
+            annotations=f'{root}/{name}/refs.json',
+            instances=f'{root}/{name}/instances.json',
+            box_only=box_only,
+        )
+
+    return (
+        coco('objects365', 1.5, box_only=True),
+        coco('openimages', 1.5, box_only=True),
+        coco('lvis', 1.5),
+        coco('coco', 1.5),
+        coco('bdd', 0.15),
+        refer('refcoco_joint', 2.5),  # RefCOCO + RefCOCOg + RefCOCO+
+        refer('visualgenome', 2.0, box_only=True),
+        coco('uvo', 0.2, task='agnostic'),
+        coco('sa1b', 2.5, task='agnostic'),
+        coco('ytvis19', 0.3),
+        coco('ytvis21', 0.3),
+        coco('ovis', 0.3),
+        refer('refvos', 0.3),
+    )
+
+
+RECIPES: dict[str, Recipe] = {
+    'paper': Recipe(
+        name='paper',
+        variant='MOBIUS-R50',
+        text_encoder='clip',
+        datasets=_paper_datasets(),
+        iterations=500_000,
+        batch_size=2,
+        short_sides=tuple(range(384, 801, 32)),
+        max_long_side=1333,
+        optim=OptimConfig(decay_steps=(400_000, 500_000)),
+        pretrained=True,
+        checkpoint_every=5000,
+        notes='Supplementary §6 and Tab. 5; the global batch size is not stated in the paper.',
+    ),
+    'demo': Recipe(
+        name='demo',
+        variant='MOBIUS-mobile-lite',
+        text_encoder='minilm',
+        datasets=(
+            DatasetSpec(name='synthetic', source='synthetic', task='vocabulary', ratio=2.0),
+            DatasetSpec(name='synthetic_agnostic', source='synthetic', task='agnostic', ratio=1.0),
+            DatasetSpec(name='synthetic_refer', source='synthetic', task='referring', ratio=2.0),
+        ),
+        iterations=3000,
+        batch_size=8,
+        short_sides=(160,),
+        max_long_side=160,
+        optim=OptimConfig(lr=4e-4, warmup_iters=100, decay_steps=(2400,), clip_grad_norm=1.0),
+        loss=LossWeights(num_points=1024),
+        match=MatchCosts(num_points=1024),
+        freeze_text_encoder=True,
+        checkpoint_every=500,
+        log_every=20,
+        eval_images=200,
+    ),
+    'coco128': Recipe(
+        name='coco128',
+        variant='MOBIUS-mobile-lite',
+        text_encoder='minilm',
+        datasets=(
+            DatasetSpec(
+                name='coco128',
+                source='coco',
+                images='/work/shared/data/coco128/train2017',
+                annotations='/work/shared/data/coco128/annotations/instances_train2017.json',
+            ),
+        ),
+        iterations=50,
+        batch_size=2,
+        short_sides=(256, 320),
+        max_long_side=416,
+        optim=OptimConfig(warmup_iters=10),
+        loss=LossWeights(num_points=2048),
+        match=MatchCosts(num_points=2048),
+        freeze_text_encoder=True,
+        checkpoint_every=25,
+        log_every=5,
+    ),
+    'tiny': Recipe(
+        name='tiny',
+        variant='MOBIUS-tiny',
+        text_encoder='tiny',
+        datasets=(
+            DatasetSpec(name='synthetic', source='synthetic', task='vocabulary', ratio=1.0),
+            DatasetSpec(name='synthetic_refer', source='synthetic', task='referring', ratio=1.0),
+        ),
+        iterations=4,
+        batch_size=2,
+        short_sides=(64,),
+        max_long_side=64,
+        optim=OptimConfig(warmup_iters=2, decay_steps=(3,), clip_grad_norm=1.0),
+        loss=LossWeights(num_points=128),
+        match=MatchCosts(num_points=128),
+        checkpoint_every=2,
+        log_every=1,
+    ),
+}
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A named recipe, or a YAML file: `base: <name>` plus overrides, or a complete recipe."""
+    if name_or_path in RECIPES:
+        return RECIPES[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ValueError(
+            f'unknown recipe {name_or_path!r}: not one of {sorted(RECIPES)} or a file'
+        )
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop('base', None)
+    if base is None:
+        return Recipe.from_dict(data)
+    if base not in RECIPES:
+        raise ValueError(f'{path}: unknown base recipe {base!r}')
+    merged = _merge(RECIPES[base].to_dict(), data, str(path))
+    return Recipe.from_dict(merged)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if key not in base:
+            raise ValueError(f'{where}: unknown key {key!r}')
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            merged[key] = _merge(base[key], value, f'{where}.{key}')
+        else:
+            merged[key] = value
+    return merged

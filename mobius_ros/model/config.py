@@ -1,0 +1,143 @@
+"""Frozen configuration dataclasses of the model; serialise to/from plain dicts.
+
+Checkpoints, exports and engines carry the resolved `MobiusConfig.to_dict()`; `from_dict`
+rejects unknown keys so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Vision encoder.
+
+    Attributes:
+        name: 'tiny', 'fastervit-0'..'3', or a timm model name ('resnet50',
+            'mobilenetv4_conv_small', ...).
+        tiny_width: stride-4 width of the 'tiny' backbone.
+        image_size: (H, W) input canvas; only FasterViT fixes it at construction.
+    """
+
+    name: str = 'tiny'
+    tiny_width: int = 16
+    image_size: tuple[int, int] = (384, 512)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text encoder: 'clip', 'minilm' or 'tiny' (width for 'tiny' only)."""
+
+    name: str = 'clip'
+    width: int = 32
+
+
+@dataclass(frozen=True)
+class PixelDecoderConfig:
+    """Bottleneck pixel decoder (DESIGN §4.5).
+
+    Attributes:
+        encoder_strides: scales the layers update; (16,) is the stride-16 bottleneck
+            (8 and 32 selectable), (8, 16, 32, 64) is GLEE's all-scale encoder.
+        num_layers: transformer layers N.
+        self_attn: 'deformable', 'standard' or 'none'.
+        num_heads, num_points: attention heads and deformable sampling points per level.
+        ffn_dim: FFN hidden width.
+        fusion: early bi-attention fusion; fusion_dim, fusion_heads its inner width and heads.
+    """
+
+    encoder_strides: tuple[int, ...] = (16,)
+    num_layers: int = 6
+    self_attn: str = 'deformable'
+    num_heads: int = 8
+    num_points: int = 4
+    ffn_dim: int = 2048
+    fusion: bool = True
+    fusion_dim: int = 2048
+    fusion_heads: int = 8
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Query decoder (DESIGN §4.6).
+
+    Attributes:
+        num_queries: Q.
+        num_layers: L.
+        multi_scale: cross-attend to all projected scales instead of the bottleneck only.
+        num_heads, num_points, ffn_dim: attention heads, deformable points, FFN width.
+    """
+
+    num_queries: int = 300
+    num_layers: int = 6
+    multi_scale: bool = False
+    num_heads: int = 8
+    num_points: int = 4
+    ffn_dim: int = 2048
+
+
+@dataclass(frozen=True)
+class MobiusConfig:
+    """A whole MOBIUS model; `name` is the variant it was derived from."""
+
+    name: str = 'custom'
+    hidden_dim: int = 256
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MobiusConfig:
+        """Inverse of `to_dict`; unknown keys at any level raise ValueError."""
+        return _from_dict(cls, data)
+
+    def replace(self, **overrides: Any) -> MobiusConfig:
+        """A copy with fields replaced; nested configs accept dicts of their own fields."""
+        merged = self.to_dict()
+        for key, value in overrides.items():
+            if key not in merged:
+                raise ValueError(f'unknown MobiusConfig field {key!r}')
+            if isinstance(merged[key], dict) and isinstance(value, dict):
+                unknown = set(value) - set(merged[key])
+                if unknown:
+                    raise ValueError(f'unknown {key} fields: {sorted(unknown)}')
+                merged[key] = {**merged[key], **value}
+            elif dataclasses.is_dataclass(value):
+                merged[key] = dataclasses.asdict(value)
+            else:
+                merged[key] = value
+        return MobiusConfig.from_dict(merged)
+
+
+_NESTED = {
+    'backbone': BackboneConfig,
+    'text': TextConfig,
+    'pixel_decoder': PixelDecoderConfig,
+    'decoder': DecoderConfig,
+}
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f'{cls.__name__} expects a dict, got {type(data).__name__}')
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f'unknown {cls.__name__} keys: {sorted(unknown)}')
+    values = {}
+    for key, value in data.items():
+        if cls is MobiusConfig and key in _NESTED:
+            value = _from_dict(_NESTED[key], value)
+        elif isinstance(value, list):
+            # JSON has no tuples; every sequence field of the configs is a tuple.
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)

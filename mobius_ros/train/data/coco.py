@@ -162,7 +162,7 @@ class CocoInstances:
             orig_size=(h, w),
         )
         if self.part_nms_iou is not None and masks is not None and len(anns) > 1:
-            area = masks.reshape(len(anns), -1).sum(1)
+            area = masks.sum(axis=(1, 2))
             sample = sample.select(np.sort(mask_nms(masks, area, self.part_nms_iou)))
         return sample
 

@@ -118,7 +118,7 @@ class RandomCrop:
             masks = np.ascontiguousarray(sample.masks[:, y0 : y0 + ch, x0 : x0 + cw])
             # a cut mask's box is tighter than the clipped box
             from_masks = masks_to_boxes(masks)
-            nonempty = masks.reshape(len(masks), -1).any(1)
+            nonempty = masks.any(axis=(1, 2))
             boxes[nonempty] = from_masks[nonempty]
         before = np.maximum(box_area(sample.boxes), 1e-6)
         keep = box_area(boxes) >= self.min_visible * before

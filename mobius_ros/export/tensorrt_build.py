@@ -1,0 +1,364 @@
+"""Build TensorRT engines from the exported ONNX graphs, with provenance (STYLE 10).
+
+Through the TensorRT 10 API only (`trt.Builder`, `OnnxParser`, `BuilderConfig`): FP16 by
+default, INT8 with an entropy calibrator fed by caller-given calibration feeds, a workspace
+limit, one optimisation profile covering the dynamic axes (the query axis above all, which
+pruning shrinks every layer), progress through an `IProgressMonitor`, and a JSON sidecar beside
+every engine (`engine_cache.Sidecar`). Build failures raise with the parser's own errors.
+
+tensorrt and pycuda are imported inside the functions that need them; the profile planning
+below reads the ONNX file with `onnx` and is tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mobius_ros.export import io_spec
+from mobius_ros.export.engine_cache import (
+    PRECISIONS,
+    EngineAction,
+    Profiles,
+    Sidecar,
+    config_hash,
+    decide,
+    file_sha256,
+    profile_shapes,
+    write_sidecar,
+)
+from mobius_ros.runtime.errors import ModelLoadError
+
+Log = Callable[[str], None]
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build one engine.
+
+    Attributes:
+        precision: 'fp16' (default), 'fp32' or 'int8' (INT8 with FP16 fallback; needs
+            calibration feeds).
+        workspace_mb: builder workspace limit.
+        ranges: (min, opt, max) of each dynamic io_spec symbol ('Q', 'K', 'T', 'P').
+        optimization_level: builder optimisation level 0-5 (None: TensorRT's default, 3).
+    """
+
+    precision: str = 'fp16'
+    workspace_mb: int = 2048
+    ranges: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    optimization_level: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
+        if self.workspace_mb < 1:
+            raise ValueError(f'workspace_mb must be >= 1, got {self.workspace_mb}')
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_ranges(
+    num_queries: int, *, max_vocabulary: int = 256, max_text_tokens: int = 2048
+) -> dict[str, tuple[int, int, int]]:
+    """Profile ranges for the dynamic symbols: pruning takes Q anywhere in 1..num_queries;
+    the vocabulary K up to `max_vocabulary` (opt: COCO's 80, T = 257 CLIP tokens)."""
+    return {
+        'Q': (1, min(100, num_queries), num_queries),
+        'K': (1, min(80, max_vocabulary), max_vocabulary),
+        'T': (1, min(257, max_text_tokens), max_text_tokens),
+        'P': (1, min(16, max_vocabulary), max_vocabulary),
+    }
+
+
+def onnx_input_shapes(onnx_path: str | Path) -> dict[str, tuple[int | str | None, ...]]:
+    """Graph inputs of an ONNX file: fixed dims as ints, dynamic ones by their name (or None).
+
+    Reads the graph without its external weight files: only the declarations are needed.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    shapes: dict[str, tuple[int | str | None, ...]] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = tuple(
+            d.dim_value if d.HasField('dim_value') else (d.dim_param or None) for d in dims
+        )
+    return shapes
+
+
+_SPEC_SYMBOLS = {
+    t.name: t.shape for graph in io_spec.graph_specs(1).values() for t in graph.inputs
+}
+
+
+def plan_profiles(onnx_path: str | Path, ranges: Mapping[str, tuple[int, int, int]]) -> Profiles:
+    """The [min, opt, max] shapes of every dynamic input of a graph.
+
+    A dynamic axis is resolved by its ONNX dim name when `ranges` knows it, else by the io_spec
+    symbol of the tensor of that name (exporters do not always keep dim names).
+    """
+    profiles: Profiles = {}
+    for name, dims in onnx_input_shapes(onnx_path).items():
+        network = tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
+        spec = _SPEC_SYMBOLS.get(name)
+        symbols = tuple(
+            d
+            if (isinstance(d, str) and d in ranges) or spec is None or i >= len(spec)
+            else spec[i]
+            for i, d in enumerate(dims)
+        )
+        shapes = profile_shapes(name, network, symbols, ranges)
+        if shapes is not None:
+            profiles[name] = shapes
+    return profiles
+
+
+def environment(device: int = 0) -> dict[str, str]:
+    """TensorRT version, GPU name and compute capability of this machine (needs a GPU)."""
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    cuda.init()
+    gpu = cuda.Device(device)
+    major, minor = gpu.compute_capability()
+    return {
+        'tensorrt_version': trt.__version__,
+        'gpu_name': gpu.name(),
+        'compute_capability': f'{major}.{minor}',
+    }
+
+
+def expected_sidecar(
+    onnx_path: str | Path,
+    options: BuildOptions,
+    *,
+    model_config: Mapping[str, object],
+    env: Mapping[str, str],
+) -> Sidecar:
+    """The sidecar an engine built now from `onnx_path` with `options` would carry."""
+    return Sidecar(
+        tensorrt_version=env['tensorrt_version'],
+        gpu_name=env['gpu_name'],
+        compute_capability=env['compute_capability'],
+        precision=options.precision,
+        profiles=plan_profiles(onnx_path, options.ranges),
+        onnx_sha256=file_sha256(onnx_path),
+        config_hash=config_hash(dict(model_config), options.to_dict()),
+    )
+
+
+def _progress_monitor(trt: object, log: Log) -> object | None:
+    if not hasattr(trt, 'IProgressMonitor'):
+        return None
+
+    class _Monitor(trt.IProgressMonitor):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)  # type: ignore[attr-defined]
+            self._steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self._steps[phase_name] = num_steps
+            depth = '  ' if parent_phase else ''
+            log(f'{depth}[build] {phase_name} ({num_steps} steps)')
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            self._steps.pop(phase_name, None)
+
+    return _Monitor()
+
+
+def _calibrator(trt: object, feeds: list[Feeds], cache: Path, log: Log) -> object:
+    import pycuda.driver as cuda
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # type: ignore[attr-defined]
+            self._index = 0
+            self._device: dict[str, object] = {}
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self._index >= len(feeds):
+                return None
+            batch = feeds[self._index]
+            self._index += 1
+            log(f'[calibrate] batch {self._index}/{len(feeds)}')
+            pointers = []
+            for name in names:
+                array = np.ascontiguousarray(batch[name])
+                old = self._device.get(name)
+                if old is not None:
+                    old.free()  # type: ignore[attr-defined]
+                self._device[name] = cuda.mem_alloc(max(array.nbytes, 1))
+                cuda.memcpy_htod(self._device[name], array)
+                pointers.append(int(self._device[name]))  # type: ignore[call-overload]
+            return pointers
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache.read_bytes() if cache.is_file() else None
+
+        def write_calibration_cache(self, data: object) -> None:
+            cache.write_bytes(bytes(data))  # type: ignore[call-overload]
+
+    return _Calibrator()
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    options: BuildOptions,
+    *,
+    model_config: Mapping[str, object],
+    calibration: Iterable[Feeds] = (),
+    log: Log = print,
+    device: int = 0,
+) -> Sidecar:
+    """Build `engine_path` (+ its `.json` sidecar) from `onnx_path`; returns the sidecar.
+
+    Raises:
+        ModelLoadError: the ONNX file does not parse, INT8 without calibration feeds, or the
+            builder returns no engine (its log says why).
+    """
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    env = environment(device)
+    expected = expected_sidecar(onnx_path, options, model_config=model_config, env=env)
+    start = time.perf_counter()
+    log(
+        f'[build] {onnx_path.name} -> {engine_path} ({options.precision}, TensorRT'
+        f' {env["tensorrt_version"]}, {env["gpu_name"]})'
+    )
+    context = cuda.Device(device).retain_primary_context()
+    context.push()
+    try:
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise ModelLoadError(f'TensorRT cannot parse {onnx_path}:\n  ' + '\n  '.join(errors))
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+        if options.optimization_level is not None:
+            config.builder_optimization_level = options.optimization_level
+        if options.precision in ('fp16', 'int8'):
+            if not getattr(builder, 'platform_has_fast_fp16', True):
+                log('[build] warning: this GPU has no fast FP16; building anyway')
+            config.set_flag(trt.BuilderFlag.FP16)
+        monitor = _progress_monitor(trt, log)
+        if monitor is not None:
+            config.progress_monitor = monitor
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in expected.profiles.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
+        calibrator = None
+        if options.precision == 'int8':
+            feeds = list(calibration)
+            if not feeds:
+                raise ModelLoadError(
+                    f'INT8 build of {onnx_path.name} needs calibration data (--calib DIR)'
+                )
+            config.set_flag(trt.BuilderFlag.INT8)
+            cache = engine_path.with_suffix('.calib')
+            calibrator = _calibrator(trt, feeds, cache, log)
+            config.int8_calibrator = calibrator
+            config.set_calibration_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ModelLoadError(f'TensorRT failed to build {onnx_path.name} (see the log above)')
+        _write_atomic(engine_path, bytes(serialized))
+        del calibrator
+    finally:
+        context.pop()
+        context.detach()
+    seconds = time.perf_counter() - start
+    sidecar = _finish(expected, onnx_path, seconds)
+    write_sidecar(engine_path, sidecar)
+    log(f'[build] done in {seconds:.1f} s: {engine_path}')
+    return sidecar
+
+
+def _finish(expected: Sidecar, onnx_path: Path, seconds: float) -> Sidecar:
+    # Provenance for humans: the declared input shapes (-1 dynamic), build time and date.
+    shapes = {
+        n: [d if isinstance(d, int) and d > 0 else -1 for d in dims]
+        for n, dims in onnx_input_shapes(onnx_path).items()
+    }
+    return replace(
+        expected,
+        input_shapes=shapes,
+        build_seconds=round(seconds, 2),
+        built_at=datetime.now(timezone.utc).isoformat(timespec='seconds'),
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_engine(
+    onnx_path: str | Path,
+    engine_dir: str | Path,
+    options: BuildOptions,
+    *,
+    policy: str,
+    model_config: Mapping[str, object],
+    calibration: Iterable[Feeds] = (),
+    log: Log = print,
+    device: int = 0,
+) -> Path:
+    """The engine for `onnx_path` in `engine_dir`: loaded as is, rebuilt, or refused by policy.
+
+    Raises:
+        ModelLoadError: the policy refuses a missing or mismatched engine, or the build fails.
+    """
+    onnx_path = Path(onnx_path)
+    engine_path = Path(engine_dir).expanduser() / f'{onnx_path.stem}.engine'
+    expected = expected_sidecar(
+        onnx_path, options, model_config=model_config, env=environment(device)
+    )
+    hint = f'mobius build-engine --onnx-dir {onnx_path.parent} --out {engine_path.parent}'
+    action, reasons = decide(policy, engine_path, expected, build_hint=hint)
+    if action is EngineAction.BUILD:
+        log(f'[build] rebuilding {engine_path.name}: ' + '; '.join(reasons))
+        build_engine(
+            onnx_path,
+            engine_path,
+            options,
+            model_config=model_config,
+            calibration=calibration,
+            log=log,
+            device=device,
+        )
+    return engine_path

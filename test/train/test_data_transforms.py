@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,50 @@ def test_train_transforms_end_to_end() -> None:
     out = transform(_sample(), np.random.default_rng(3))
     assert isinstance(out.image, torch.Tensor) and min(out.image_hw) in (48, 64)
     assert out.masks.shape[1:] == out.image_hw
+
+
+def test_synthetic_to_dataloader(tmp_path: Path) -> None:
+    """The whole path: generator -> COCO loader -> transforms -> sampler -> DataLoader."""
+    from functools import partial
+
+    from mobius_ros.train.data.coco import CocoInstances
+    from mobius_ros.train.data.refer import ReferringDataset
+    from mobius_ros.train.data.sampler import MultiDataset, MultiDatasetBatchSampler
+    from mobius_ros.train.data.synthetic import write_split
+
+    paths = write_split(tmp_path, split='train', num=6, image_hw=(64, 64))
+    transform = train_transforms((64, 80), 128)
+    datasets = [
+        CocoInstances(paths['instances'], paths['images'], name='synth', transform=transform),
+        CocoInstances(
+            paths['instances'],
+            paths['images'],
+            name='synth-agnostic',
+            agnostic=True,
+            transform=transform,
+        ),
+        ReferringDataset(
+            paths['refs'],
+            paths['instances'],
+            paths['images'],
+            name='synth-ref',
+            transform=transform,
+        ),
+    ]
+    data = MultiDataset(datasets)
+    sampler = MultiDatasetBatchSampler(data.sizes, [1, 1, 1], batch_size=2, num_batches=6)
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=sampler, collate_fn=partial(collate, max_phrases=100)
+    )
+    seen = set()
+    for batch in loader:
+        seen.add(batch.dataset)
+        assert batch.images.shape[0] == 2 and batch.images.shape[-1] % 32 == 0
+        k = len(batch.phrases)
+        for target in batch.targets:
+            assert (target['labels'] < k).all()
+            assert ((target['boxes'] >= 0) & (target['boxes'] <= 1)).all()
+        assert batch.referring == (batch.dataset == 'synth-ref')
+        if batch.dataset == 'synth-agnostic':
+            assert batch.phrases == ('object',)
+    assert len(seen) >= 2

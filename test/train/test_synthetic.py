@@ -121,3 +121,12 @@ def test_generation_is_fast() -> None:
         generate_scene(scene_rng(0, 'train', i), split='train', config=config)
     per_image_ms = (time.perf_counter() - start) / 50 * 1000
     assert per_image_ms < 20  # ~2-3 ms here; generous for a loaded CI machine
+
+
+def test_synth_command(tmp_path: Path) -> None:
+    from mobius_ros.cli import main
+
+    code = main(['synth', '--out', str(tmp_path), '--split', 'val', '--num', '3', '--size', '64'])
+    assert code == 0
+    coco = json.loads((tmp_path / 'annotations' / 'instances_val.json').read_text())
+    assert len(coco['images']) == 3 and (tmp_path / 'images' / 'val' / '000003.png').exists()

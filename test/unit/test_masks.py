@@ -106,3 +106,18 @@ def test_empty_inputs() -> None:
     none = np.zeros((0, 5, 6), bool)
     assert mask_iou(none, np.ones((2, 5, 6), bool)).shape == (0, 2)
     assert mask_nms(none, np.zeros(0), 0.5).tolist() == []
+
+
+def test_letterbox_and_resize_known_values() -> None:
+    from mobius_ros.ops.image import pad_to_multiple, resize_shortest_side, shortest_side_size
+
+    image = np.zeros((50, 100, 3), np.uint8)
+    canvas, scale, pad = letterbox(image, (64, 64))
+    assert canvas.shape == (64, 64, 3) and scale == pytest.approx(0.64) and pad == (0, 0)
+    _, _, centred = letterbox(image, (64, 64), center=True)
+    assert centred == (16, 0)
+    assert shortest_side_size((480, 640), 384) == (384, 512)
+    assert shortest_side_size((100, 1000), 800, 1333) == (133, 1333)
+    resized, s = resize_shortest_side(image, 25)
+    assert resized.shape == (25, 50, 3) and s == pytest.approx(0.5)
+    assert pad_to_multiple(97) == 128 and pad_to_multiple(64) == 64

@@ -23,9 +23,8 @@ import numpy as np
 
 from mobius_ros.ros import messages
 from mobius_ros.ros.conversions import (
-    compressed_to_rgb,
-    image_to_rgb,
     label_to_image_fields,
+    message_to_rgb,
     rgb_to_image_fields,
 )
 from mobius_ros.ros.interfaces import find_definitions
@@ -77,20 +76,6 @@ def detect_storage(bag: Path) -> str:
     if any(bag.glob('*.db3')):
         return 'sqlite3'
     raise BagError(f'{bag} is not a rosbag2 directory with .mcap or .db3 files')
-
-
-def message_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
-    """An Image or CompressedImage message (rosbags or rclpy) -> [H, W, 3] uint8 RGB."""
-    if msgtype == COMPRESSED:
-        return compressed_to_rgb(msg.data, msg.format)
-    return image_to_rgb(
-        msg.data,
-        height=int(msg.height),
-        width=int(msg.width),
-        encoding=str(msg.encoding),
-        step=int(msg.step),
-        is_bigendian=bool(msg.is_bigendian),
-    )
 
 
 def _output_topics(namespace: str) -> dict[str, str]:
@@ -179,7 +164,7 @@ def process_bag(
                         writer.write(image_out, timestamp, raw)
                         msg = typestore.deserialize_cdr(raw, msgtype)
                         try:
-                            rgb = message_to_rgb(msg, msgtype)
+                            rgb = message_to_rgb(msg, compressed=msgtype == COMPRESSED)
                         except ImageError as error:
                             skipped += 1
                             errors.append(f'frame at {timestamp} ns: {error}')

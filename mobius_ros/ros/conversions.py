@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -145,6 +146,20 @@ def compressed_to_rgb(data: bytes | bytearray | memoryview | np.ndarray, fmt: st
     if decoded is None or decoded.size == 0:
         raise ImageError(f'could not decode the compressed image (format {fmt!r})')
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def message_to_rgb(msg: Any, *, compressed: bool) -> np.ndarray:
+    """An Image or CompressedImage message (rclpy or rosbags) -> [H, W, 3] uint8 RGB."""
+    if compressed:
+        return compressed_to_rgb(msg.data, str(msg.format))
+    return image_to_rgb(
+        msg.data,
+        height=int(msg.height),
+        width=int(msg.width),
+        encoding=str(msg.encoding),
+        step=int(msg.step),
+        is_bigendian=bool(msg.is_bigendian),
+    )
 
 
 def rgb_to_compressed(rgb: np.ndarray, fmt: str = 'jpeg', *, quality: int = 90) -> bytes:

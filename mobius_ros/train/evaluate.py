@@ -122,6 +122,46 @@ def coco_evaluate(
     return metrics
 
 
+def lvis_evaluate(
+    ground_truth: dict[str, Any] | str | Path,
+    detections: Sequence[dict[str, Any]],
+    *,
+    iou_types: Sequence[str] = ('bbox', 'segm'),
+    max_dets: int = 300,
+) -> dict[str, float]:
+    """LVIS-style AP (federated: negative / not-exhaustive categories per image, up to 300
+    detections, AP split by rare / common / frequent categories) via faster-coco-eval.
+
+    The ground truth must be LVIS-formatted (category `frequency`, image `neg_category_ids` and
+    `not_exhaustive_category_ids`). Returns '<iou_type>/<AP|AP50|AP75|APr|APc|APf|AR>' in
+    percent; -1 where a group has no categories.
+    """
+    from faster_coco_eval import COCOeval_faster
+
+    gt = _load_gt(ground_truth)
+    wanted = {'AP': 'AP_all', 'AP50': 'AP_50', 'AP75': 'AP_75', 'APr': 'APr', 'APc': 'APc'}
+    wanted |= {'APf': 'APf', 'AR': 'AR_all'}
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        dets = [d for d in detections if iou_type != 'segm' or 'segmentation' in d]
+        if not dets:
+            metrics.update({f'{iou_type}/{name}': 0.0 for name in wanted})
+            continue
+        evaluator = COCOeval_faster(
+            gt, gt.loadRes([dict(d) for d in dets]), iouType=iou_type, lvis_style=True
+        )
+        evaluator.params.maxDets = [max_dets]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats = evaluator.stats_as_dict
+        for name, key in wanted.items():
+            value = float(stats[key])
+            metrics[f'{iou_type}/{name}'] = value * 100 if value >= 0 else -1.0
+    return metrics
+
+
 def agnostic_recall(
     ground_truth: dict[str, Any] | str | Path,
     detections: Sequence[dict[str, Any]],

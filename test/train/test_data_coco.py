@@ -69,7 +69,7 @@ def _write_tiny_coco(root: Path) -> Path:
         'images': [
             {'id': 2, 'file_name': 'b.png', 'height': 40, 'width': 60},
             {'id': 1, 'file_name': 'a.png', 'height': 40, 'width': 60},
-            {'id': 3, 'file_name': 'a.png', 'height': 40, 'width': 60},
+            {'id': 3, 'coco_url': 'http://host/train2017/a.png', 'height': 40, 'width': 60},
         ],
         'annotations': anns,
         'categories': [

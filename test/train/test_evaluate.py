@@ -16,6 +16,7 @@ from mobius_ros.runtime.result import Prediction
 from mobius_ros.train.evaluate import (
     agnostic_recall,
     coco_evaluate,
+    lvis_evaluate,
     predictions_to_coco,
     referring_metrics,
     referring_top1,
@@ -153,3 +154,16 @@ def test_referring_metrics_known_values() -> None:
 def test_referring_top1_of_empty_prediction() -> None:
     box, mask = referring_top1(Prediction.empty((5, 7), ('the red cup',)))
     assert box.tolist() == [0, 0, 0, 0] and mask.shape == (5, 7) and not mask.any()
+
+
+def test_lvis_style_frequency_groups() -> None:
+    gt = _ground_truth()
+    gt['categories'][0]['frequency'], gt['categories'][1]['frequency'] = 'r', 'f'
+    for image in gt['images']:
+        image['neg_category_ids'], image['not_exhaustive_category_ids'] = [], []
+    dets = _perfect(gt)
+    metrics = lvis_evaluate(gt, dets)
+    assert metrics['bbox/AP'] == pytest.approx(100.0) and metrics['segm/APr'] == pytest.approx(100)
+    assert metrics['bbox/APc'] == -1.0
+    worse = [d for d in dets if d['category_id'] == 2]  # every rare-category instance missed
+    assert lvis_evaluate(gt, worse, iou_types=('bbox',))['bbox/APr'] == pytest.approx(0.0)

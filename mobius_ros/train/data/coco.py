@@ -66,6 +66,15 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
+def image_file_name(info: dict[str, Any]) -> str:
+    """`file_name` of an image entry; LVIS entries only have `coco_url`, whose basename it is."""
+    if 'file_name' in info:
+        return str(info['file_name'])
+    if 'coco_url' in info:
+        return str(info['coco_url']).rsplit('/', 1)[-1]
+    raise KeyError(f'image {info.get("id")} has neither file_name nor coco_url')
+
+
 class CocoInstances:
     """Map-style dataset over a COCO instances JSON; item i is a `Sample`.
 
@@ -135,10 +144,11 @@ class CocoInstances:
     def raw_sample(self, index: int) -> Sample:
         """Image and annotations of item `index`, before any transform."""
         info = self.images[index]
-        image = load_image(self.image_dir / info['file_name'])
+        name = image_file_name(info)
+        image = load_image(self.image_dir / name)
         h, w = image.shape[:2]
         if (h, w) != (info.get('height', h), info.get('width', w)):
-            raise ValueError(f'{info["file_name"]}: {h}x{w} on disk, JSON says otherwise')
+            raise ValueError(f'{name}: {h}x{w} on disk, JSON says otherwise')
         anns = self.annotations.get(int(info['id']), [])
         boxes = box_xywh_to_xyxy(np.asarray([a['bbox'] for a in anns], np.float32).reshape(-1, 4))
         boxes = boxes.clip(0, [w, h, w, h]).astype(np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 
 from mobius_ros.ops.boxes import box_xywh_to_xyxy
 from mobius_ros.ops.masks import segmentation_to_mask
-from mobius_ros.train.data.coco import category_phrase, load_image
+from mobius_ros.train.data.coco import category_phrase, image_file_name, load_image
 from mobius_ros.train.data.sample import Sample
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
@@ -183,7 +183,7 @@ class ReferringDataset:
         ref, sentence = self.items[index]
         info = self.images[ref['image_id']]
         ann = self.annotations[ref['ann_id']]
-        image = load_image(self.image_dir / info['file_name'])
+        image = load_image(self.image_dir / image_file_name(info))
         h, w = image.shape[:2]
         boxes = box_xywh_to_xyxy(np.asarray([ann['bbox']], np.float32))
         masks = None

@@ -110,10 +110,20 @@ class InterfaceInstall:
         return env
 
     def activate(self) -> None:
-        """Make the interfaces importable in this process (RPATH covers the libraries)."""
+        """Make the interfaces usable in this process.
+
+        The RPATH lets Python import the generated modules, but the RMW's typesupport dispatch
+        dlopen()s libraries by bare name, which the loader resolves with the library path fixed
+        at process start; loading them here first makes those lookups find them by soname.
+        Child processes get the path through `environment()` instead.
+        """
+        import ctypes
+
         path = str(self.python_path)
         if path not in sys.path:
             sys.path.insert(0, path)
+        for library in sorted(self.library_path.glob('lib*.so')):
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
 
 
 def _prepend(entry: str, path: str) -> str:

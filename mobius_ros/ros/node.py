@@ -1,0 +1,516 @@
+"""The `mobius` lifecycle node: a thin rclpy adapter over `Segmenter` (DESIGN 8).
+
+configure loads the model and installs the vocabulary, activate subscribes and starts the worker,
+deactivate stops them, cleanup releases the model. The image callback only parks the newest
+message in a one-item slot (older unprocessed ones are dropped and counted); a worker thread
+converts, segments and publishes, so a slow model never blocks the executor. Every failure of an
+input (bad image, bad vocabulary, bad request) is logged or answered and the node goes on.
+
+Run: `python -m mobius_ros.ros.node --ros-args --params-file config/mobius.yaml -r image:=/cam`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import SetBool
+
+from mobius_ros.ros import messages, params
+from mobius_ros.ros.conversions import (
+    label_to_image_fields,
+    message_to_rgb,
+    overlay,
+    rgb_to_image_fields,
+)
+from mobius_ros.ros.stats import FrameStats, LatestSlot
+from mobius_ros.runtime.errors import ImageError, SegmenterError
+from mobius_ros.runtime.result import Prediction, Task
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+
+
+def _optional(module: str) -> Any | None:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+class MobiusNode(LifecycleNode):
+    """Open-vocabulary instance segmentation of a camera topic."""
+
+    def __init__(self, node_name: str = 'mobius', **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._values = params.declare(self)
+        self._invalid = params.validate_all(self._values)
+        for reason in self._invalid:
+            self.get_logger().error(f'invalid parameter: {reason}')
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._factory = messages.RclpyFactory()
+        self._segmenter: Any = None
+        self._infer_lock = threading.Lock()  # one inference at a time: worker vs segment service
+        self._vocab_lock = threading.Lock()
+        self._syncing = False  # set while a service writes the vocabulary parameters back
+        self._slot = LatestSlot()
+        self._stats = FrameStats()
+        self._enabled = True
+        self._latest: Any = None
+        self._worker: threading.Thread | None = None
+        self._subscription: Any = None
+        self._pubs: dict[str, Any] = {}
+        self._last_frame_id = ''
+        self._msgs = _optional('mobius_ros_msgs.srv')
+        self._vision = _optional('vision_msgs.msg')
+        if self._msgs is None:
+            self.get_logger().warning(
+                'mobius_ros_msgs is not built: the set_vocabulary, get_vocabulary and segment'
+                ' services and the segmentation topic are unavailable; standard messages only'
+            )
+        if self._vision is None:
+            self.get_logger().warning(
+                'vision_msgs is not available: detections and label_info are not published'
+            )
+        services = ReentrantCallbackGroup()
+        if self._msgs is not None:
+            srv = self._msgs
+            self.create_service(srv.SetVocabulary, 'set_vocabulary', self._on_set_vocabulary,
+                                callback_group=services)  # fmt: skip
+            self.create_service(srv.GetVocabulary, 'get_vocabulary', self._on_get_vocabulary,
+                                callback_group=services)  # fmt: skip
+            self.create_service(srv.Segment, 'segment', self._on_segment, callback_group=services)
+        self.create_service(SetBool, 'enable', self._on_enable, callback_group=services)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(float(self._values['diagnostics_period']), self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._invalid:
+            self.get_logger().error('not configuring: ' + '; '.join(self._invalid))
+            return FAILURE
+        from mobius_ros.runtime.segmenter import Segmenter
+
+        try:
+            self._segmenter = Segmenter(params.segmenter_config(self._values))
+            self._install_vocabulary()
+        except SegmenterError as error:
+            self.get_logger().error(f'cannot configure: {error}')
+            self._release()
+            return FAILURE
+        except Exception:  # an unexpected fault while loading must leave the node alive
+            self.get_logger().error(f'cannot configure:\n{traceback.format_exc()}')
+            self._release()
+            return FAILURE
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        topics: dict[str, tuple[Any, str, Any]] = {
+            'instance_mask': (Image, 'instance_mask', 10),
+            'debug_image': (Image, 'debug_image', 1),
+        }
+        if self._vision is not None:
+            topics['detections'] = (self._vision.Detection2DArray, 'detections', 10)
+            topics['label_info'] = (self._vision.LabelInfo, 'label_info', latched)
+        if self._msgs is not None:
+            from mobius_ros_msgs.msg import InstanceSegmentation
+
+            topics['segmentation'] = (InstanceSegmentation, 'segmentation', 10)
+        for key, (kind, topic, qos) in topics.items():
+            self._pubs[key] = self.create_lifecycle_publisher(kind, topic, qos)
+        self.get_logger().info(
+            f'configured: backend {self._values["backend"]}, vocabulary'
+            f' {list(self._segmenter.vocabulary.phrases)}'
+        )
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        compressed = bool(self._values['compressed'])
+        reliability = (
+            ReliabilityPolicy.RELIABLE
+            if self._values['reliable']
+            else ReliabilityPolicy.BEST_EFFORT
+        )
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=int(self._values['qos_depth']),
+            reliability=reliability,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        self._subscription = self.create_subscription(
+            CompressedImage if compressed else Image,
+            'image/compressed' if compressed else 'image',
+            self._on_image, qos, event_callbacks=events,
+        )  # fmt: skip
+        self._slot.open()
+        self._worker = threading.Thread(target=self._work, name='mobius-worker', daemon=True)
+        self._worker.start()
+        result = super().on_activate(state)
+        self._publish_label_info()
+        self.get_logger().info(f'active: listening on {self._subscription.topic_name}')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._release()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._release()
+        return SUCCESS
+
+    def release(self) -> None:
+        """Stop input and free the model (process exit without a lifecycle transition)."""
+        self._stop_input()
+        self._release()
+
+    def _stop_input(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+
+    def _release(self) -> None:
+        for publisher in self._pubs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._pubs = {}
+        if self._segmenter is not None:
+            with self._infer_lock:
+                self._segmenter.close()
+            self._segmenter = None
+
+    # Frames ------------------------------------------------------------------------------------
+
+    def _on_image(self, msg: Any) -> None:
+        self._latest = msg
+        if self._enabled and self._slot.put((msg, time.perf_counter())):
+            self._stats.count('dropped')
+
+    def _on_incompatible_qos(self, event: Any) -> None:
+        self.get_logger().warning(
+            f'a publisher on {self._subscription.topic_name if self._subscription else "image"}'
+            f' has incompatible QoS (policy {event.last_policy_kind}): no images arrive from it.'
+            ' Publishers must be reliable when the parameter reliable is true; the default'
+            ' best-effort subscription accepts any publisher.',
+            throttle_duration_sec=10.0,
+        )
+
+    def _work(self) -> None:
+        while True:
+            item = self._slot.take(timeout=0.5)
+            if item is None:
+                if self._subscription is None:
+                    return
+                continue
+            try:
+                self._process(*item)
+            except Exception:  # the worker must outlive any single frame
+                self._stats.count('errors')
+                self.get_logger().error(f'frame failed:\n{traceback.format_exc()}')
+
+    def _process(self, msg: Any, received: float) -> None:
+        try:
+            rgb = message_to_rgb(msg, compressed=isinstance(msg, CompressedImage))
+        except ImageError as error:
+            self._stats.count('bad_frames')
+            self.get_logger().warning(f'skipped a frame: {error}', throttle_duration_sec=2.0)
+            return
+        segmenter = self._segmenter
+        if segmenter is None:
+            return
+        try:
+            with self._infer_lock:
+                prediction = segmenter.segment(rgb)
+        except SegmenterError as error:
+            self._stats.count('errors')
+            self.get_logger().error(f'segmentation failed: {error}', throttle_duration_sec=2.0)
+            return
+        self._last_frame_id = msg.header.frame_id
+        self._publish(msg.header, rgb, prediction, received)
+
+    def _publish(
+        self, header: Any, rgb: np.ndarray, prediction: Prediction, received: float
+    ) -> None:
+        factory, pubs, values = self._factory, self._pubs, self._values
+        detections = label = None
+        if 'detections' in pubs and (values['publish_detections'] or 'segmentation' in pubs):
+            detections = messages.detection_array(factory, header, prediction)
+        if values['publish_instance_mask'] or 'segmentation' in pubs:
+            fields = label_to_image_fields(prediction.label_image())
+            label = messages.image(factory, header, fields)
+        latency_ms = (time.perf_counter() - received) * 1e3
+        if detections is not None and values['publish_detections']:
+            pubs['detections'].publish(detections)
+        if label is not None and values['publish_instance_mask']:
+            pubs['instance_mask'].publish(label)
+        if 'segmentation' in pubs and values['publish_segmentation']:
+            combined = messages.instance_segmentation(
+                factory, header, prediction, detections=detections, label_image=label,
+                with_masks=bool(values['publish_instance_masks']), latency_ms=latency_ms,
+            )  # fmt: skip
+            pubs['segmentation'].publish(combined)
+        debug = pubs.get('debug_image')
+        if debug is not None and debug.get_subscription_count() > 0:
+            picture = overlay(
+                rgb, prediction.masks, prediction.boxes, prediction.labels, prediction.scores
+            )
+            debug.publish(messages.image(factory, header, rgb_to_image_fields(picture)))
+        kept = prediction.queries_kept[-1] if prediction.queries_kept else 0
+        met = prediction.budget.get('budget_met')
+        self._stats.frame(latency_ms, queries_kept=int(kept), budget_met=None if met is None
+                          else bool(met))  # fmt: skip
+
+    # Vocabulary --------------------------------------------------------------------------------
+
+    def _install_vocabulary(self) -> Any:
+        if self._values['task'] == Task.AGNOSTIC.value:
+            return self._segmenter.set_agnostic()
+        return self._segmenter.set_vocabulary(list(self._values['vocabulary']))
+
+    def _publish_label_info(self) -> None:
+        publisher = self._pubs.get('label_info')
+        if publisher is None or self._segmenter is None:
+            return
+        header = self._factory.make(
+            'std_msgs/msg/Header', stamp=self.get_clock().now().to_msg(),
+            frame_id=self._last_frame_id,
+        )  # fmt: skip
+        phrases = self._segmenter.vocabulary.phrases
+        threshold = float(self._values['score_threshold'])
+        publisher.publish(messages.label_info(self._factory, header, phrases, threshold))
+
+    def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
+        if self._segmenter is None:
+            response.success, response.message = False, 'the node is not configured (no model)'
+            return response
+        try:
+            with self._vocab_lock:
+                if request.agnostic:
+                    update = self._segmenter.set_agnostic()
+                else:
+                    update = self._segmenter.set_vocabulary(
+                        list(request.phrases), append=request.append
+                    )
+                self._sync_parameters(update.vocabulary)
+        except SegmenterError as error:
+            response.success, response.message = False, str(error)
+            self.get_logger().warning(f'set_vocabulary refused: {error}')
+            return response
+        self._publish_label_info()
+        vocabulary = update.vocabulary
+        response.success = True
+        response.message = (
+            f'{len(vocabulary.phrases)} phrases, {update.encoded} encoded,'
+            f' {update.cache_hits} from cache in {update.encode_ms:.1f} ms'
+        )
+        self._fill_vocabulary(response, vocabulary)
+        response.encode_ms = float(update.encode_ms)
+        response.cache_hits = int(update.cache_hits)
+        response.encoded = int(update.encoded)
+        return response
+
+    def _sync_parameters(self, vocabulary: Any) -> None:
+        # Keep `ros2 param get` truthful after a service call, without re-encoding it again.
+        self._syncing = True
+        try:
+            updates = [rclpy.parameter.Parameter('task', value=vocabulary.task.value)]
+            if vocabulary.task != Task.AGNOSTIC:
+                updates.append(
+                    rclpy.parameter.Parameter('vocabulary', value=list(vocabulary.phrases))
+                )
+            self.set_parameters(updates)
+        finally:
+            self._syncing = False
+
+    def _on_get_vocabulary(self, request: Any, response: Any) -> Any:
+        if self._segmenter is not None:
+            self._fill_vocabulary(response, self._segmenter.vocabulary)
+        return response
+
+    @staticmethod
+    def _fill_vocabulary(response: Any, vocabulary: Any) -> None:
+        response.phrases = list(vocabulary.phrases)
+        response.class_ids = list(range(len(vocabulary.phrases)))
+        response.vocabulary_version = int(vocabulary.version)
+        response.task = vocabulary.task.value
+
+    # One-shot segmentation and enable ---------------------------------------------------------
+
+    def _on_segment(self, request: Any, response: Any) -> Any:
+        response.success = False
+        segmenter = self._segmenter
+        if segmenter is None:
+            response.message = 'the node is not configured (no model)'
+            return response
+        asks = [bool(request.phrases), request.agnostic, bool(request.expression)]
+        if sum(asks) > 1:
+            response.message = 'give at most one of phrases, agnostic and expression'
+            return response
+        if len(request.image.data):
+            msg: Any = request.image
+        elif len(request.compressed_image.data):
+            msg = request.compressed_image
+        elif self._latest is not None:
+            msg = self._latest
+        else:
+            response.message = 'no image in the request and no frame received yet'
+            return response
+        started = time.perf_counter()
+        try:
+            rgb = message_to_rgb(msg, compressed=isinstance(msg, CompressedImage))
+            threshold = request.score_threshold if request.score_threshold >= 0 else None
+            with self._infer_lock:
+                prediction = segmenter.segment(
+                    rgb,
+                    phrases=list(request.phrases) or None,
+                    expression=request.expression or None,
+                    agnostic=request.agnostic,
+                    score_threshold=threshold,
+                )
+        except SegmenterError as error:  # ImageError and VocabularyError included
+            response.message = str(error)
+            self.get_logger().warning(f'segment refused: {error}')
+            return response
+        response.result = messages.instance_segmentation(
+            self._factory, msg.header, prediction,
+            with_masks=bool(self._values['publish_instance_masks']),
+            latency_ms=(time.perf_counter() - started) * 1e3,
+        )  # fmt: skip
+        response.success = True
+        response.message = f'{len(prediction)} instances ({prediction.task.value})'
+        return response
+
+    def _on_enable(self, request: Any, response: Any) -> Any:
+        self._enabled = bool(request.data)
+        response.success = True
+        response.message = 'processing enabled' if self._enabled else 'processing paused'
+        return response
+
+    # Parameters --------------------------------------------------------------------------------
+
+    def _check_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        changes = {p.name: _plain(p.value) for p in parameters}
+        reasons = params.validate_all({**self._values, **changes})
+        return SetParametersResult(successful=not reasons, reason='; '.join(reasons))
+
+    def _apply_parameters(self, parameters: list[Any]) -> None:
+        changes = {p.name: _plain(p.value) for p in parameters}
+        self._values = {**self._values, **changes}
+        segmenter = self._segmenter
+        if segmenter is None:
+            return
+        if changes.keys() & params.SEGMENTER_SETTINGS:
+            segmenter.configure(
+                score_threshold=float(self._values['score_threshold']),
+                max_detections=int(self._values['max_detections']),
+                latency_budget_ms=params.latency_budget(self._values),
+                pruning=params.pruning_config(self._values),
+            )
+        if changes.keys() & {'vocabulary', 'task'} and not self._syncing:
+            try:
+                with self._vocab_lock:
+                    self._install_vocabulary()
+            except SegmenterError as error:
+                self.get_logger().error(f'vocabulary not changed: {error}')
+                return
+            self._publish_label_info()
+
+    # Diagnostics -------------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        snap = self._stats.snapshot()
+        status = DiagnosticStatus(
+            name=f'{self.get_fully_qualified_name()}: segmentation',
+            hardware_id=str(self._values['backend']),
+        )
+        if self._segmenter is None:
+            status.level, status.message = DiagnosticStatus.STALE, 'not configured'
+        elif snap.budget_met is False:
+            status.level, status.message = DiagnosticStatus.WARN, 'latency budget not met'
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'ok'
+        budget = params.latency_budget(self._values)
+        vocabulary = self._segmenter.vocabulary if self._segmenter is not None else None
+        fields = {
+            'rate_hz': f'{snap.rate_hz:.2f}',
+            'latency_p50_ms': f'{snap.latency_p50_ms:.1f}',
+            'latency_p95_ms': f'{snap.latency_p95_ms:.1f}',
+            'frames': snap.frames,
+            'dropped_frames': snap.dropped,
+            'bad_frames': snap.bad_frames,
+            'errors': snap.errors,
+            'queries_kept': snap.queries_kept,
+            'latency_budget_ms': 'none' if budget is None else f'{budget:.1f}',
+            'budget_met': 'n/a' if snap.budget_met is None else str(snap.budget_met).lower(),
+            'backend': self._values['backend'],
+            'enabled': str(self._enabled).lower(),
+            'vocabulary_version': vocabulary.version if vocabulary is not None else 'n/a',
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in fields.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics.publish(array)
+
+
+def _plain(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: `mobius_node` / `python -m mobius_ros.ros.node` (takes --ros-args)."""
+    rclpy.init(args=list(sys.argv if argv is None else argv))
+    node = MobiusNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    if node.get_parameter('autostart').value and node.trigger_configure() == SUCCESS:
+        node.trigger_activate()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.release()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""ROS test harness: interfaces built once, the node in its own process, a client in this one.
+
+Everything stays on this machine: a ROS domain id unique to this run and localhost-only
+discovery. Tests marked `ros` skip with the reason when rclpy (the ros-jazzy wheels) is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Before anything imports rclpy: this run's own DDS domain, discovery on loopback only.
+os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = '/mobius_test'
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import rclpy  # noqa: F401
+    except ImportError as error:
+        skip = pytest.mark.skip(reason=f'rclpy (ros-jazzy-* wheels) not importable: {error}')
+        for item in items:
+            if item.get_closest_marker('ros') is not None:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope='session')
+def interfaces() -> Any:
+    """vision_msgs (fixture) and mobius_ros_msgs, built with cmake unless up to date."""
+    from mobius_ros.ros.interfaces import InterfaceBuildError, build_interfaces
+
+    try:
+        install = build_interfaces()
+    except InterfaceBuildError as error:
+        pytest.fail(str(error))
+    install.activate()
+    return install
+
+
+@pytest.fixture(scope='session')
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init MOBIUS-tiny checkpoint (no download; the demo model may not exist yet)."""
+    pytest.importorskip('torch')
+    import torch
+
+    from mobius_ros.model.checkpoint import save_checkpoint
+    from mobius_ros.model.variants import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('model') / 'tiny.safetensors'
+    return Path(save_checkpoint(build_model('MOBIUS-tiny').eval(), path))
+
+
+@dataclass
+class NodeProcess:
+    """The node under test, running in its own process; its log goes to a file."""
+
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors='replace')
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.1)
+        return False
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+StartNode = Callable[..., NodeProcess]
+
+
+@pytest.fixture(scope='module')
+def start_node(interfaces: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartNode]:
+    """Start `python -m mobius_ros.ros.node` with parameters; stopped at module end."""
+    started: list[NodeProcess] = []
+
+    def start(*, without_msgs: bool = False, **parameters: Any) -> NodeProcess:
+        env = interfaces.environment()
+        env['PYTHONPATH'] = os.pathsep.join([str(REPO), env['PYTHONPATH']])
+        env['PYTHONUNBUFFERED'] = '1'
+        env['HF_HUB_OFFLINE'] = '1'
+        env['RCUTILS_LOGGING_BUFFERED_STREAM'] = '0'
+        if without_msgs:
+            # Only mobius_ros_msgs goes missing: a second prefix holds vision_msgs alone.
+            env['PYTHONPATH'] = os.pathsep.join([str(REPO), _vision_only(interfaces)])
+        cache = tmp_path_factory.mktemp('cache')
+        parameters.setdefault('cache_dir', str(cache / 'text'))
+        parameters.setdefault('engine_dir', str(cache / 'engines'))
+        arguments = ['--ros-args', '-r', f'__ns:={NAMESPACE}', '--log-level', 'mobius:=info']
+        for name, value in parameters.items():
+            arguments += ['-p', f'{name}:={_yaml(value)}']
+        log_path = tmp_path_factory.mktemp('node') / 'node.log'
+        with open(log_path, 'w') as log:
+            process = subprocess.Popen(
+                [sys.executable, '-m', 'mobius_ros.ros.node', *arguments],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            )  # fmt: skip
+        node = NodeProcess(process, log_path)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def _vision_only(interfaces: Any) -> str:
+    site = interfaces.python_path
+    only = site.parent.parent.parent / 'vision_only'
+    only.mkdir(exist_ok=True)
+    link = only / 'vision_msgs'
+    if not link.exists():
+        link.symlink_to(site / 'vision_msgs')
+    return str(only)
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, list | tuple):
+        return '[' + ','.join(f"'{v}'" for v in value) + ']'
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+@pytest.fixture(scope='session')
+def ros_client(interfaces: Any) -> Iterator[Any]:
+    """An rclpy node in the test process, spun on demand by `Client.wait`."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('mobius_test_client', context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    yield Client(node, executor)
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+class Client:
+    """Subscriptions that collect messages, service calls that wait, all with timeouts."""
+
+    def __init__(self, node: Any, executor: Any) -> None:
+        self.node = node
+        self.executor = executor
+        self.received: dict[str, list[Any]] = {}
+        self._subscriptions: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
+
+    def spin(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait(self, condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return condition()
+
+    def subscribe(self, kind: type, topic: str, qos: Any = 10) -> list[Any]:
+        if topic not in self._subscriptions:
+            self.received[topic] = []
+            self._subscriptions[topic] = self.node.create_subscription(
+                kind, topic, self.received[topic].append, qos
+            )
+        return self.received[topic]
+
+    def call(self, kind: type, name: str, request: Any, timeout: float = 60.0) -> Any:
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(kind, name)
+        assert client.wait_for_service(timeout_sec=timeout), f'service {name} never appeared'
+        future = client.call_async(request)
+        assert self.wait(future.done, timeout), f'service {name} did not answer in {timeout} s'
+        return future.result()
+
+    def publisher(self, kind: type, topic: str, qos: Any = 10) -> Any:
+        return self.node.create_publisher(kind, topic, qos)

@@ -88,6 +88,8 @@ class Mobius(nn.Module):
             MobiusOutput; layers[l].logits [B, Q_l, K], masks [B, Q, H/4, W/4] on every layer
             in training, on the last executed layer only in eval mode.
         """
+        if len(text) == 0:
+            raise ValueError('empty vocabulary: give at least one phrase')
         features = text if isinstance(text, TextFeatures) else self.encode_text(text)
         tokens, mask, class_embed = self.text_inputs(
             features, images.shape[0], referring=referring

@@ -92,7 +92,9 @@ def graph_files(onnx_dir: Path, names: list[str] | None) -> list[Path]:
 def symbol_ranges(args: argparse.Namespace, model: Mapping[str, object]) -> dict:
     from mobius_ros.export.tensorrt_build import default_ranges
 
-    num_queries = args.queries[2] if args.queries else find_key(model, 'num_queries')
+    num_queries = args.queries[2] if args.queries else find_key(model, 'Q0')
+    if num_queries is None:
+        num_queries = find_key(model, 'num_queries')
     if not isinstance(num_queries, int):
         raise SegmenterError('model.json has no num_queries: give --queries MIN:OPT:MAX')
     ranges = default_ranges(num_queries)

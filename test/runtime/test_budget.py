@@ -171,3 +171,68 @@ def test_observe_needs_a_decision() -> None:
     controller = BudgetController(30.0, num_queries=Q, num_layers=L)
     with pytest.raises(RuntimeError, match='choose'):
         controller.observe(StageTimings(1, 1, 1, 1, 1, 5, (Q,)))
+
+
+@pytest.mark.slow
+def test_controller_drives_the_onnxruntime_predictor(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Real graphs: tiny exported MOBIUS, text cache on its real text encoder, ORT runners."""
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('onnxruntime')
+    from mobius_ros.export.onnx import ExportOptions, export_model
+    from mobius_ros.model.variants import build_model
+    from mobius_ros.runtime.predictor import GraphRunners, Predictor, TextInputs
+    from mobius_ros.runtime.runner import OnnxRuntimeRunner
+    from mobius_ros.runtime.vocabulary import TextEmbeddingCache
+
+    torch.manual_seed(0)
+    model = build_model('MOBIUS-tiny').eval()
+    out = tmp_path_factory.mktemp('export') / 'tiny'
+    options = ExportOptions(input_size=(64, 96), referring=False, full=False, text_encoder=False)
+    export_model(model, out, options)
+    layers = model.config.decoder.num_layers
+    num_queries = model.config.decoder.num_queries
+
+    calls: list[list[str]] = []
+
+    def encode(phrases: list[str]) -> object:
+        calls.append(list(phrases))
+        with torch.no_grad():
+            return model.text_encoder.encode(phrases)
+
+    cache = TextEmbeddingCache(encode, model.text_encoder.identity, tmp_path_factory.mktemp('t'))
+    phrases = ('red circle', 'blue square', 'object')
+    batch, _, encoded = cache.get(phrases)
+    assert encoded == 3 and cache.get(phrases[::-1])[1:] == (3, 0) and len(calls) == 1
+    runners = GraphRunners(
+        encoder=OnnxRuntimeRunner(out / 'encoder.onnx', intra_op_threads=1),
+        decoder_layers=[
+            OnnxRuntimeRunner(out / f'decoder_layer_{layer}.onnx', intra_op_threads=1)
+            for layer in range(layers)
+        ],
+        mask_head=OnnxRuntimeRunner(out / 'mask_head.onnx', intra_op_threads=1),
+    )
+    ladder = (
+        PruningConfig(trajectory='none', min_keep=1),
+        PruningConfig(upper=0.3, min_keep=num_queries // 2),
+        PruningConfig(upper=0.5, min_keep=2),
+        PruningConfig(upper=0.5, min_keep=2, max_layers=1),
+    )
+    image = (np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)
+    text = TextInputs.from_batch(batch)
+    for budget_ms, rung in ((10_000.0, 0), (0.01, len(ladder) - 1)):
+        controller = BudgetController(
+            budget_ms, ladder, num_queries=num_queries, num_layers=layers
+        )
+        predictor = Predictor(runners, input_size=(64, 96), budget=controller)
+        for _ in range(12):
+            prediction = predictor.predict(image, text, phrases=phrases)
+        report = prediction.budget
+        assert report['setting'] == rung
+        assert report['measured_ms'] == pytest.approx(prediction.timings_ms['total'], abs=1e-2)
+        assert len(prediction.queries_kept) == (1 if rung else layers)
+        assert report['infeasible'] is (rung != 0) and report['budget_met'] is (rung == 0)
+        if rung:
+            assert prediction.queries_kept[0] >= 2 and 'most aggressive' in report['reason']
+    runners.close()

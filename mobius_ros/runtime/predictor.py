@@ -27,7 +27,8 @@ from mobius_ros.model.pruning import PruningConfig, keep_indices, threshold
 from mobius_ros.ops.boxes import box_cxcywh_to_xyxy, clip_boxes, scale_boxes
 from mobius_ros.ops.image import letterbox, normalize_image
 from mobius_ros.ops.masks import paste_masks
-from mobius_ros.runtime.errors import ImageError
+from mobius_ros.runtime.budget import BudgetController, BudgetDecision
+from mobius_ros.runtime.errors import ImageError, SegmenterError
 from mobius_ros.runtime.result import Prediction, Task
 from mobius_ros.runtime.runner import Runner
 from mobius_ros.runtime.vocabulary import TextBatch
@@ -142,7 +143,7 @@ class Predictor:
         *,
         input_size: tuple[int, int],
         settings: PredictorSettings | None = None,
-        budget: object | None = None,
+        budget: BudgetController | None = None,
     ) -> None:
         if input_size[0] % 32 or input_size[1] % 32:
             raise ValueError(f'input_size {input_size} must be multiples of 32')
@@ -181,7 +182,7 @@ class Predictor:
         returned whatever its score: the expression asserts that its object is there.
         """
         settings = self.settings
-        pruning, budget_report = self._choose_pruning(settings.pruning)
+        pruning, decision = self._choose_pruning(settings.pruning)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         tensor, scale, pad = self.preprocess(image)
@@ -199,7 +200,8 @@ class Predictor:
         timings['encoder'] = _ms(t)
 
         t = time.perf_counter()
-        result, masks_ms = self.decode(state, pruning=pruning, referring=task is Task.REFERRING)
+        referring = text.text_mask if task is Task.REFERRING else None
+        result, masks_ms = self.decode(state, pruning=pruning, referring_mask=referring)
         timings['decoder'] = _ms(t) - masks_ms
         timings['masks'] = masks_ms
 
@@ -218,20 +220,29 @@ class Predictor:
         timings['postprocess'] = _ms(t)
         timings['total'] = _ms(start)
         prediction.timings_ms.update(timings)
-        if budget_report is not None:
-            prediction.budget.update(self._observe(timings, result.queries_kept, budget_report))
+        if self.budget is not None and decision is not None:
+            report = self.budget.observe(timings, result.queries_kept, decision)
+            prediction.budget.update(dict(report))
         return prediction
 
     def decode(
-        self, state: Mapping[str, np.ndarray], *, pruning: PruningConfig, referring: bool = False
+        self,
+        state: Mapping[str, np.ndarray],
+        *,
+        pruning: PruningConfig,
+        referring_mask: np.ndarray | None = None,
     ) -> tuple[DecoderResult, float]:
         """Decoder layers with the keep rule, then the mask head on the survivors.
 
+        `state` holds the encoder graph's outputs; `referring_mask` ([1, T] bool, the
+        expression's text mask) selects the referring decoder layers.
+
         Returns the survivors' outputs and the milliseconds spent in the mask head.
         """
+        referring = referring_mask is not None
         layers = self.runners.referring_layers if referring else self.runners.decoder_layers
         if not layers:
-            raise ImageError('this model was exported without referring decoder layers')
+            raise SegmenterError('this model was exported without referring decoder layers')
         num_layers = len(layers)
         depth = num_layers if pruning.max_layers is None else min(num_layers, pruning.max_layers)
         queries = state[io_spec.QUERIES.name]
@@ -243,7 +254,7 @@ class Predictor:
         }
         if referring:
             shared[io_spec.TEXT_MEMORY.name] = state[io_spec.TEXT_MEMORY.name]
-            shared[io_spec.TEXT_MASK.name] = state[io_spec.TEXT_MASK.name]
+            shared[io_spec.TEXT_MASK.name] = referring_mask
         kept: list[int] = []
         for layer in range(depth):
             out = layers[layer].infer(
@@ -332,38 +343,16 @@ class Predictor:
             **extra,  # type: ignore[arg-type]
         )
 
-    def _choose_pruning(self, pruning: PruningConfig) -> tuple[PruningConfig, object | None]:
+    def _choose_pruning(
+        self, pruning: PruningConfig
+    ) -> tuple[PruningConfig, BudgetDecision | None]:
         if self.budget is None:
             return pruning, None
-        decision = self.budget.choose()  # type: ignore[attr-defined]
-        return decision_pruning(pruning, decision), decision
-
-    def _observe(
-        self, timings: Mapping[str, float], kept: Sequence[int], decision: object
-    ) -> dict[str, float | int | bool | str]:
-        return observe_budget(self.budget, timings, kept, decision)
+        decision = self.budget.choose()
+        return decision.pruning, decision
 
     def close(self) -> None:
         self.runners.close()
-
-
-def decision_pruning(pruning: PruningConfig, decision: object) -> PruningConfig:
-    """The pruning a budget decision asks for (upper threshold, min_keep, depth)."""
-    return replace(
-        pruning,
-        trajectory=getattr(decision, 'trajectory', pruning.trajectory),
-        upper=max(pruning.lower, float(getattr(decision, 'upper', pruning.upper))),
-        min_keep=int(getattr(decision, 'min_keep', pruning.min_keep)),
-        max_layers=getattr(decision, 'max_layers', pruning.max_layers),
-    )
-
-
-def observe_budget(
-    budget: object, timings: Mapping[str, float], kept: Sequence[int], decision: object
-) -> dict[str, float | int | bool | str]:
-    """Feed a frame's stage timings to the controller; return its report for the Prediction."""
-    report = budget.observe(dict(timings), tuple(kept), decision)  # type: ignore[attr-defined]
-    return dict(report) if isinstance(report, Mapping) else {}
 
 
 def check_image(image: np.ndarray) -> None:

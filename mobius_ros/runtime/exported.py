@@ -1,0 +1,196 @@
+"""An exported model folder (`mobius export`) opened without torch: graphs, text, metadata.
+
+`model.json` (written by `export/onnx.py`) says which graphs exist, their tensors, the fixed
+canvas, the text encoder's identity and the tokenizer file. This module turns that folder into
+runners for the predictor and a text encoder for the vocabulary cache, over any backend that can
+open a graph file (ONNX Runtime here; TensorRT engines built from these files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobius_ros.export import io_spec
+from mobius_ros.runtime.errors import ModelLoadError
+from mobius_ros.runtime.predictor import GraphRunners
+from mobius_ros.runtime.runner import Runner
+from mobius_ros.runtime.tokenizer import load_tokenizer
+from mobius_ros.runtime.vocabulary import TextBatch
+
+FORMAT = 'mobius-onnx/1'  # must equal export.onnx.FORMAT (that module needs torch)
+
+# (graph name, path of its .onnx file) -> a runner for it
+RunnerFactory = Callable[[str, Path], Runner]
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A validated export folder.
+
+    Attributes:
+        directory: the folder.
+        meta: the parsed model.json.
+    """
+
+    directory: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, directory: str | Path, *, verify_hashes: bool = False) -> ExportedModel:
+        """Read and check model.json and that every graph file exists.
+
+        Args:
+            verify_hashes: also compare each graph's sha256 with model.json (slow for big
+                graphs; the engine builder checks hashes anyway).
+
+        Raises:
+            ModelLoadError: missing or unreadable model.json, wrong format, missing or altered
+                graph files.
+        """
+        directory = Path(directory).expanduser()
+        path = directory / io_spec.MODEL_JSON
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelLoadError(
+                f'no {io_spec.MODEL_JSON} in {directory}: not an export'
+            ) from None
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f'cannot read {path}: {error}') from error
+        if meta.get('format') != FORMAT:
+            raise ModelLoadError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
+        for name, graph in meta['graphs'].items():
+            file = directory / graph['file']
+            if not file.is_file():
+                raise ModelLoadError(f'graph {name!r} is missing: {file}')
+            if verify_hashes and _sha256(file) != graph['sha256']:
+                raise ModelLoadError(f'graph {file} does not match the hash in {path}')
+        return cls(directory, meta)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.meta['input_size']
+        return int(h), int(w)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.meta['num_layers'])
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.meta['dims']['Q0'])
+
+    @property
+    def export_key(self) -> str:
+        return str(self.meta['export_key'])
+
+    @property
+    def has_referring(self) -> bool:
+        return io_spec.decoder_layer_spec(0, referring=True).name in self.meta['graphs']
+
+    def graph_path(self, name: str) -> Path:
+        if name not in self.meta['graphs']:
+            raise ModelLoadError(f'graph {name!r} was not exported to {self.directory}')
+        return self.directory / self.meta['graphs'][name]['file']
+
+    def runners(self, factory: RunnerFactory) -> GraphRunners:
+        """Runners for the encoder, decoder layers (both modes) and mask head."""
+
+        def make(name: str) -> Runner:
+            return factory(name, self.graph_path(name))
+
+        layers = [make(io_spec.decoder_layer_name(i)) for i in range(self.num_layers)]
+        referring = (
+            [
+                make(io_spec.decoder_layer_spec(i, referring=True).name)
+                for i in range(self.num_layers)
+            ]
+            if self.has_referring
+            else []
+        )
+        return GraphRunners(
+            encoder=make(io_spec.ENCODER),
+            decoder_layers=layers,
+            mask_head=make(io_spec.MASK_HEAD),
+            referring_layers=referring,
+        )
+
+    def text_encoder(self, factory: RunnerFactory) -> GraphTextEncoder:
+        """The exported text encoder with its tokenizer (torch-free)."""
+        tokenizer = self.meta.get('tokenizer')
+        if not tokenizer:
+            raise ModelLoadError(f'{self.directory} was exported without the text encoder')
+        return GraphTextEncoder(
+            factory(io_spec.TEXT_ENCODER, self.graph_path(io_spec.TEXT_ENCODER)),
+            load_tokenizer(tokenizer, self.directory),
+            identity=str(self.meta['text_encoder']['identity']),
+            width=int(self.meta['text_encoder']['width']),
+        )
+
+
+class GraphTextEncoder:
+    """Phrases -> token features through the text-encoder graph (the cache's `encode_fn`).
+
+    Args:
+        runner: runner of text_encoder.onnx.
+        tokenizer: phrases -> token ids [P, L].
+        identity: the text encoder's identity (the same string as the PyTorch encoder's, so
+            the on-disk cache is shared between backends).
+        width: D.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        tokenizer: Callable[[Sequence[str]], np.ndarray],
+        *,
+        identity: str,
+        width: int,
+    ) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.width = width
+
+    def encode(self, phrases: Sequence[str]) -> TextBatch:
+        """[K] phrases -> tokens [K, L', D], mask [K, L'], pooled [K, D] (L' = longest)."""
+        ids = self.tokenizer(list(phrases))
+        out = self.runner.infer({'token_ids': ids})
+        mask = out['mask'].astype(bool)
+        # Trailing padding carries no information: cut it so cached entries stay small.
+        length = max(int(mask.sum(axis=1).max()), 1)
+        return TextBatch(
+            tokens=np.ascontiguousarray(out['tokens'][:, :length], np.float32),
+            mask=np.ascontiguousarray(mask[:, :length]),
+            pooled=np.ascontiguousarray(out['pooled'], np.float32),
+        )
+
+    __call__ = encode
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def onnxruntime_factory(*, intra_op_threads: int | None = None) -> RunnerFactory:
+    """A RunnerFactory of ONNX Runtime CPU runners."""
+    from mobius_ros.runtime.runner import OnnxRuntimeRunner
+
+    def make(name: str, path: Path) -> Runner:
+        return OnnxRuntimeRunner(path, intra_op_threads=intra_op_threads, name=name)
+
+    return make
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open('rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,12 +1,71 @@
-"""MOBIUS cases for the benchmarks, built with `build_model` on random weights."""
+"""MOBIUS models for the benchmarks: random weights, the 80 COCO names as cached text.
+
+The robot encodes its vocabulary once (the vocabulary cache), so per-frame latency excludes the
+text encoder: the text features are computed here once and passed to every forward.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from bench.peers import Case
+from mobius_ros.ops.coco_classes import COCO_CLASSES
+
+
+@dataclass(frozen=True)
+class Built:
+    """A MOBIUS model in eval mode with one input image and its cached vocabulary features."""
+
+    variant: str
+    model: Any  # mobius_ros.model.mobius.Mobius
+    images: Any  # [1, 3, H, W] float32
+    text: Any  # TextFeatures of the 80 COCO names
+
+
+def build_mobius(variant: str, size: tuple[int, int], *, seed: int = 0) -> Built:
+    """`build_model(variant)` on random weights (CLIP-architecture text tower, not pretrained)."""
+    import torch
+
+    from mobius_ros.model.variants import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(variant, pretrained=False, backbone={'image_size': tuple(size)}).eval()
+    # no_grad, not inference_mode: the MAC counter re-runs the model outside inference mode.
+    with torch.no_grad():
+        text = model.encode_text(COCO_CLASSES)
+    images = torch.randn(1, 3, *size)
+    return Built(variant, model, images, text)
+
+
+def params_m(module: Any) -> float:
+    """Parameters in millions, the text encoder excluded (it is not run per frame)."""
+    text_encoder = getattr(module, 'text_encoder', None)
+    total = sum(p.numel() for p in module.parameters())
+    if text_encoder is not None:
+        total -= sum(p.numel() for p in text_encoder.parameters())
+    return round(total / 1e6, 2)
 
 
 def build_mobius_case(variant: str, size: tuple[int, int]) -> Case:
-    """Full-graph PyTorch forward of `variant` on one [1, 3, H, W] image, 80 cached classes."""
-    from mobius_ros.model.variants import build_model
+    """Full-graph PyTorch forward of `variant` on one [1, 3, H, W] image, no pruning."""
+    import torch
 
-    raise NotImplementedError(f'{variant}: waiting for the model ({build_model})')
+    from mobius_ros.model.pruning import PruningConfig
+
+    built = build_mobius(variant, size)
+    no_pruning = PruningConfig(trajectory='none')
+
+    def run() -> object:
+        with torch.inference_mode():
+            return built.model(built.images, built.text, pruning=no_pruning)
+
+    return Case(
+        variant,
+        run,
+        {
+            'params_m': params_m(built.model),
+            'source': 'mobius_ros build_model (PyTorch, random weights, no pruning)',
+            'text': f'cached ({len(COCO_CLASSES)} phrases, T = {int(built.text.mask.sum())})',
+        },
+    )

@@ -1,0 +1,268 @@
+"""Query pruning and the bottleneck design, measured: full vs pruned vs GLEE-style.
+
+For each MOBIUS variant, in one interleaved run per variant (so ratios are paired):
+- `full`: every decoder layer on all Q queries (pruning off);
+- `Tab. 14 defaults`: sigmoid, lower 0.05, upper 0.2, min_keep 100, as the robot runs it;
+- `forced`: the thresholds pinned at 1.0 so that exactly `min_keep = Q / 3` queries survive the
+  first layer (100 of 300). Random weights do not prune by themselves (their confidences carry
+  no signal and min_keep decides), so this is the controlled stand-in for a trained model
+  whose thresholds bite at the first layer;
+- the GLEE-style configuration on the same backbone (all-scale encoder over strides 8-64,
+  fusion over all tokens, 9-layer multi-scale decoder) where one is paired with the variant.
+
+Decoder MACs (decoder layers + their heads + mask head, live ops only) come from
+`mobius_ros.model.flops.count_macs` on the same forward. The backend is the PyTorch model
+(`Mobius.forward` runs the same layer-by-layer host loop the exported split graphs do).
+
+Run: `python -m bench.pruning --size 384x512 --threads 2 --repeats 8`
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import (
+    Skipped,
+    Timing,
+    TimingConfig,
+    environment,
+    fix_threads,
+    paired_ratio,
+    parse_size,
+    skipped_entry,
+    time_interleaved,
+    write_results,
+)
+from bench.ours import Built, build_mobius, params_m
+
+# Variant -> (label, build_model name, overrides) of its GLEE-style counterpart.
+GLEE_COUNTERPARTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    'MOBIUS-R50': ('GLEE-R50', 'GLEE-R50', {}),
+    'MOBIUS-MNv4-conv-S': (
+        'GLEE-style MNv4-conv-S',
+        'GLEE-R50',
+        {'backbone': {'name': 'mobilenetv4_conv_small'}},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One pruning configuration to time."""
+
+    label: str
+    pruning: Any  # mobius_ros.model.pruning.PruningConfig
+
+
+def settings_for(num_queries: int, *, kept_fraction: float) -> list[Setting]:
+    """Full, the paper's defaults, and forced survival of `kept_fraction` of the queries."""
+    from mobius_ros.model.pruning import PruningConfig
+
+    kept = max(1, round(num_queries * kept_fraction))
+    return [
+        Setting('full (no pruning)', PruningConfig(trajectory='none')),
+        Setting('Tab. 14 defaults', PruningConfig()),
+        Setting(
+            f'forced: {kept} of {num_queries} kept',
+            PruningConfig(trajectory='sigmoid', lower=1.0, upper=1.0, min_keep=kept),
+        ),
+    ]
+
+
+def decoder_components(model: Any) -> dict[str, Any]:
+    """MAC-counter components; 'decoder' is the per-layer work that pruning shrinks."""
+    decoder = model.decoder
+    return {
+        'backbone': model.backbone,
+        'pixel_decoder': model.pixel_decoder,
+        'decoder': [
+            *decoder.layers,
+            *decoder.box_heads,
+            decoder.ref_point_head,
+            decoder.norm,
+            decoder.class_head,
+        ],
+        'mask_head': model.mask_embed,
+    }
+
+
+def count(built: Built, pruning: Any) -> dict[str, Any]:
+    """Live GMACs per component and the queries that survived each layer, for one forward."""
+    import torch
+
+    from mobius_ros.model.flops import count_macs, giga
+
+    def forward() -> Any:
+        return built.model(built.images, built.text, pruning=pruning)
+
+    def kept_outputs(out: Any) -> tuple[Any, ...]:
+        last = out.layers[-1]
+        return last.logits, last.boxes, last.masks
+
+    report = count_macs(forward, decoder_components(built.model), outputs=kept_outputs)
+    with torch.no_grad():
+        out = forward()
+    return {
+        'decoder_gmacs': round(giga(report.get('decoder') + report.get('mask_head')), 4),
+        'total_gmacs': round(giga(report.total), 3),
+        'gmacs_by_component': {k: round(giga(v), 4) for k, v in report.by_component.items()},
+        'kept_per_layer': [int(layer.logits.shape[1]) for layer in out.layers],
+    }
+
+
+def _runner(built: Built, pruning: Any) -> Callable[[], object]:
+    import torch
+
+    def run() -> object:
+        with torch.inference_mode():
+            return built.model(built.images, built.text, pruning=pruning)
+
+    return run
+
+
+def measure_variant(
+    variant: str, size: tuple[int, int], timing: TimingConfig, *, kept_fraction: float
+) -> list[dict[str, Any]]:
+    """Entries for one variant (and its GLEE counterpart), timed in one interleaved run."""
+    import torch
+
+    built = build_mobius(variant, size)
+    num_queries = built.model.decoder.num_queries
+    settings = settings_for(num_queries, kept_fraction=kept_fraction)
+    cases = {s.label: _runner(built, s.pruning) for s in settings}
+    counts = {s.label: count(built, s.pruning) for s in settings}
+    glee: tuple[str, Built] | None = None
+    glee_skip: Skipped | None = None
+    if variant in GLEE_COUNTERPARTS:
+        label, name, overrides = GLEE_COUNTERPARTS[variant]
+        try:
+            torch.manual_seed(0)
+            from mobius_ros.model.variants import build_model
+
+            backbone = {**overrides.get('backbone', {}), 'image_size': tuple(size)}
+            model = build_model(name, backbone=backbone).eval()
+            glee = (label, Built(label, model, built.images, built.text))
+            full = settings[0].pruning
+            cases[label] = _runner(glee[1], full)
+            counts[label] = count(glee[1], full)
+        except Exception as error:  # recorded, not dropped
+            glee_skip = Skipped(label, f'{type(error).__name__}: {error}'[:500])
+    timings = time_interleaved(cases, timing)
+    reference = timings[settings[0].label]
+    full_macs = counts[settings[0].label]['decoder_gmacs']
+    entries = []
+    for label, result in timings.items():
+        is_glee = glee is not None and label == glee[0]
+        entry = _entry(
+            variant if not is_glee else label,
+            label if not is_glee else f'GLEE-style, vs {variant} full',
+            result,
+            reference,
+            counts[label],
+            full_macs,
+        )
+        entry['params_m'] = params_m(glee[1].model if is_glee else built.model)
+        entry['total_macs_ratio'] = round(
+            counts[label]['total_gmacs'] / counts[settings[0].label]['total_gmacs'], 3
+        )
+        entries.append(entry)
+    if glee_skip is not None:
+        entries.append({**skipped_entry(glee_skip), 'configuration': 'GLEE-style'})
+    return entries
+
+
+def _entry(
+    name: str,
+    configuration: str,
+    timing: Timing,
+    reference: Timing,
+    counted: dict[str, Any],
+    reference_decoder_gmacs: float,
+) -> dict[str, Any]:
+    return {
+        'name': name,
+        'status': 'ok',
+        'configuration': configuration,
+        'kept_queries': counted['kept_per_layer'][-1],
+        **counted,
+        **timing.summary(),
+        'latency_ratio': round(paired_ratio(timing, reference), 3),
+        'decoder_macs_ratio': round(counted['decoder_gmacs'] / reference_decoder_gmacs, 3),
+    }
+
+
+def run_pruning(
+    *, variants: list[str], size: tuple[int, int], timing: TimingConfig, kept_fraction: float
+) -> dict[str, Any]:
+    """Measure every variant; a variant that cannot be built is recorded as skipped."""
+    fix_threads(timing.threads)
+    env = environment(timing)
+    entries: list[dict[str, Any]] = []
+    for variant in variants:
+        try:
+            measured = measure_variant(variant, size, timing, kept_fraction=kept_fraction)
+        except Exception as error:  # e.g. MOBIUS-0 without the optional fastervit package
+            skip = Skipped(variant, f'{type(error).__name__}: {error}'[:500])
+            measured = [{**skipped_entry(skip), 'configuration': 'all'}]
+        entries += measured
+        _print(measured)
+        gc.collect()
+    return {
+        'benchmark': 'pruning',
+        'description': 'PyTorch model (random weights), batch 1, 80 COCO names as cached text. '
+        'latency_ratio: paired, vs the same variant with pruning off (GLEE rows: vs the MOBIUS '
+        'variant on the same backbone). decoder MACs = decoder layers + heads + mask head.',
+        'note': 'Random weights do not prune by themselves: "forced" pins the thresholds at 1.0 '
+        'so exactly min_keep = Q/3 queries survive the first layer, what a trained model whose '
+        'thresholds bite early does. "Tab. 14 defaults" keep min_keep = 100 here, so they '
+        'prune nothing on variants with Q = 100.',
+        'backend': 'torch',
+        'input_hw': list(size),
+        'kept_fraction': kept_fraction,
+        'environment': env,
+        'results': entries,
+    }
+
+
+def _print(entries: list[dict[str, Any]]) -> None:
+    for e in entries:
+        if e['status'] != 'ok':
+            print(f'[pruning] skipped {e["name"]} ({e["configuration"]}): {e["reason"]}')
+            continue
+        print(
+            f'{e["name"]:>24} {e["configuration"]:>34}: {e["median_ms"]:8.1f} ms '
+            f'x{e["latency_ratio"]:.2f}; decoder {e["decoder_gmacs"]:.3f} G '
+            f'x{e["decoder_macs_ratio"]:.2f}; kept {e["kept_per_layer"]}'
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--size', default='384x512')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=8)
+    parser.add_argument('--kept-fraction', type=float, default=1 / 3)
+    parser.add_argument(
+        '--variants',
+        nargs='*',
+        default=['MOBIUS-mobile-lite', 'MOBIUS-MNv4-conv-S', 'MOBIUS-0', 'MOBIUS-R50'],
+    )
+    parser.add_argument('--output', default='pruning')
+    args = parser.parse_args(argv)
+    payload = run_pruning(
+        variants=args.variants,
+        size=parse_size(args.size),
+        timing=TimingConfig(warmup=args.warmup, repeats=args.repeats, threads=args.threads),
+        kept_fraction=args.kept_fraction,
+    )
+    print(f'wrote {write_results(args.output, payload)}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -268,8 +268,10 @@ def build_engine(
                 log('[build] warning: this GPU has no fast FP16; building anyway')
             config.set_flag(trt.BuilderFlag.FP16)
         monitor = _progress_monitor(trt, log)
-        if monitor is not None:
+        if monitor is not None and hasattr(config, 'progress_monitor'):
             config.progress_monitor = monitor
+        else:
+            log('[build] this TensorRT reports no build phases; building (this takes minutes)')
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in expected.profiles.items():
             profile.set_shape(name, low, opt, high)
@@ -280,6 +282,12 @@ def build_engine(
             if not feeds:
                 raise ModelLoadError(
                     f'INT8 build of {onnx_path.name} needs calibration data (--calib DIR)'
+                )
+            if not hasattr(trt, 'IInt8EntropyCalibrator2'):
+                # Implicit INT8 calibration was deprecated in TensorRT 10 and later removed.
+                raise ModelLoadError(
+                    f'TensorRT {trt.__version__} has no INT8 calibrator API; build fp16, or'
+                    ' export an explicitly quantized (Q/DQ) ONNX model'
                 )
             config.set_flag(trt.BuilderFlag.INT8)
             cache = engine_path.with_suffix('.calib')

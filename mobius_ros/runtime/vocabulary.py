@@ -174,6 +174,24 @@ class TextBatch:
 EncodeFn = Callable[[Sequence[str]], Any]  # phrases -> object with tokens, mask, pooled
 
 
+class GraphTextEncoder:
+    """An `EncodeFn` over the exported text graph and its tokenizer: no torch needed.
+
+    Args:
+        runner: a `Runner` of `text_encoder.onnx` (token_ids [P, L] -> tokens [P, L, D],
+            mask [P, L], pooled [P, D]).
+        tokenizer: phrases -> token ids [P, L] int64 (`runtime.tokenizer.load_tokenizer`).
+    """
+
+    def __init__(self, runner: Any, tokenizer: Callable[[Sequence[str]], np.ndarray]) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+
+    def __call__(self, phrases: Sequence[str]) -> TextBatch:
+        out = self.runner.infer({'token_ids': self.tokenizer(list(phrases))})
+        return TextBatch(out['tokens'], out['mask'].astype(bool), out['pooled'])
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     # A torch tensor (the model's encoders) or an array (an ONNX text graph).
     if hasattr(value, 'detach'):
@@ -276,12 +294,22 @@ class TextEmbeddingCache:
                 f' {mask.shape}, pooled {pooled.shape} for {k} phrases;'
                 ' expected [K, L, D], [K, L], [K, D]'
             )
-        return [
-            PhraseFeatures(
-                tokens[i].astype(self.dtype), mask[i].astype(bool), pooled[i].astype(self.dtype)
+        mask = mask.astype(bool)
+        features = []
+        for i in range(k):
+            # Trailing padding carries nothing (fusion masks it out): dropping it makes a phrase's
+            # entry the same whether its encoder pads to 77 tokens (CLIP graph) or to the batch,
+            # and a cached CLIP phrase some 15x smaller.
+            valid = np.flatnonzero(mask[i])
+            length = int(valid[-1]) + 1 if valid.size else 1
+            features.append(
+                PhraseFeatures(
+                    tokens[i, :length].astype(self.dtype),
+                    mask[i, :length].copy(),
+                    pooled[i].astype(self.dtype),
+                )
             )
-            for i in range(k)
-        ]
+        return features
 
     def _from_memory(self, phrase: str) -> PhraseFeatures | None:
         with self._lock:

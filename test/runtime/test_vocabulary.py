@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,19 @@ def phrase_features(phrase: str) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.random.default_rng(seed).standard_normal((L, D)).astype(np.float32)
     mask = np.arange(L) < min(L, len(phrase.split()) + 2)
     return tokens, mask
+
+
+def valid_tokens(phrase: str) -> np.ndarray:
+    """[n, D]: what the cache keeps of a phrase (trailing padding dropped)."""
+    tokens, mask = phrase_features(phrase)
+    return tokens[: mask.sum()]
+
+
+def assert_phrase(batch: TextBatch, k: int, phrase: str) -> None:
+    expected = valid_tokens(phrase)
+    np.testing.assert_array_equal(batch.tokens[k, : len(expected)], expected)
+    assert batch.mask[k].sum() == len(expected) and batch.mask[k, : len(expected)].all()
+    assert not batch.tokens[k, len(expected) :].any()  # padding is zero
 
 
 class CountingEncoder:
@@ -108,11 +122,11 @@ def test_known_phrases_are_never_reencoded() -> None:
     assert (hits, encoded, encoder.calls) == (2, 1, 2)
     assert encoder.phrases == ['cat', 'red mug', 'dog', 'bird']
     # Same phrase, same features, wherever it sits in the batch.
-    np.testing.assert_array_equal(batch2.tokens[1], batch.tokens[0])
+    np.testing.assert_array_equal(batch2.tokens[1, :3], batch.tokens[0, :3])
     np.testing.assert_array_equal(batch2.pooled[0], batch.pooled[2])
-    tokens, mask = phrase_features('red mug')
-    np.testing.assert_array_equal(batch.tokens[1], tokens)
-    np.testing.assert_array_equal(batch.mask[1], mask)
+    for k, phrase in enumerate(['cat', 'red mug', 'dog']):
+        assert_phrase(batch, k, phrase)
+    assert batch.tokens.shape == (3, 4, D)  # the longest phrase: 2 words + start/end
     assert batch.tokens.dtype == np.float32 and batch.mask.dtype == bool
 
 
@@ -167,7 +181,7 @@ def test_float16_storage_is_close_and_returns_float32(tmp_path: Path) -> None:
     cache = TextEmbeddingCache(CountingEncoder(), 'fake/v1', tmp_path, dtype='float16')
     batch, _, _ = cache.get(['cat'])
     assert batch.tokens.dtype == np.float32
-    np.testing.assert_allclose(batch.tokens[0], phrase_features('cat')[0], atol=2e-3)
+    np.testing.assert_allclose(batch.tokens[0], valid_tokens('cat'), atol=2e-3)
 
 
 def test_batches_large_vocabularies_in_chunks() -> None:
@@ -175,7 +189,7 @@ def test_batches_large_vocabularies_in_chunks() -> None:
     cache = TextEmbeddingCache(encoder, 'fake/v1', capacity=500, batch_size=64)
     phrases = [f'thing {i}' for i in range(150)]
     batch, _, encoded = cache.get(phrases)
-    assert encoded == 150 and encoder.calls == 3 and batch.tokens.shape == (150, L, D)
+    assert encoded == 150 and encoder.calls == 3 and batch.tokens.shape == (150, 4, D)
 
 
 def test_bad_encoder_output_is_reported() -> None:
@@ -198,7 +212,7 @@ def test_concurrent_gets_agree() -> None:
             chosen = [phrases[(offset + i + j) % 12] for j in range(3)]
             batch, _, _ = cache.get(chosen)
             for k, phrase in enumerate(chosen):
-                np.testing.assert_array_equal(batch.tokens[k], phrase_features(phrase)[0])
+                assert_phrase(batch, k, phrase)
             results.append(batch)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
@@ -227,3 +241,49 @@ def test_cache_persists_across_processes(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, '-c', script], check=True, timeout=60)
     np.testing.assert_array_equal(np.load(out), batch.tokens[::-1])
+
+
+@pytest.mark.slow  # the first open_clip import alone takes seconds
+def test_cache_over_the_real_tiny_text_encoder() -> None:
+    torch = pytest.importorskip('torch')
+    from mobius_ros.model.text_encoder import TinyTextEncoder
+
+    torch.manual_seed(0)
+    encoder = TinyTextEncoder(width=32).eval()
+    cache = TextEmbeddingCache(encoder.encode, encoder.identity)
+    batch, _, encoded = cache.get(['red circle', 'the small blue triangle'])
+    with torch.no_grad():
+        direct = encoder.encode(['the small blue triangle'])
+    assert encoded == 2 and batch.tokens.shape[1:] == tuple(direct.tokens.shape[1:])
+    assert batch.mask.all(axis=1).tolist() == [False, True]  # 'red circle' is padded
+    np.testing.assert_allclose(batch.tokens[1], direct.tokens[0].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(batch.mask[1], direct.mask[0].numpy())
+    np.testing.assert_allclose(batch.pooled[1], direct.pooled[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_graph_text_encoder_matches_torch(tmp_path: Path) -> None:
+    """The torch-free path (exported text graph + tokenizer) fills the cache identically."""
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('onnxruntime')
+    from mobius_ros.export.onnx import ExportOptions, export_model
+    from mobius_ros.model.variants import build_model
+    from mobius_ros.runtime.runner import OnnxRuntimeRunner
+    from mobius_ros.runtime.tokenizer import load_tokenizer
+    from mobius_ros.runtime.vocabulary import GraphTextEncoder
+
+    torch.manual_seed(0)
+    model = build_model('MOBIUS-tiny').eval()
+    options = ExportOptions(input_size=(64, 64), referring=False, full=False)
+    meta = json.loads(export_model(model, tmp_path / 'export', options).read_text())
+    runner = OnnxRuntimeRunner(tmp_path / 'export' / 'text_encoder.onnx')
+    graph = GraphTextEncoder(runner, load_tokenizer(meta['tokenizer'], tmp_path / 'export'))
+    phrases = ['object', 'the small blue triangle left of the red circle']
+    from_graph, _, _ = TextEmbeddingCache(graph, model.text_encoder.identity).get(phrases)
+    from_torch, _, _ = TextEmbeddingCache(
+        model.text_encoder.encode, model.text_encoder.identity
+    ).get(phrases)
+    np.testing.assert_array_equal(from_graph.mask, from_torch.mask)
+    valid = from_torch.mask
+    np.testing.assert_allclose(from_graph.tokens[valid], from_torch.tokens[valid], atol=1e-4)
+    np.testing.assert_allclose(from_graph.pooled, from_torch.pooled, atol=1e-4)

@@ -31,18 +31,20 @@ class TimmBackbone(nn.Module):
         super().__init__()
         import timm
 
-        probe = timm.create_model(name, pretrained=False, features_only=True)
-        reductions = probe.feature_info.reduction()
-        indices = [reductions.index(s) for s in STRIDES]
-        del probe
-        self.body = timm.create_model(
-            name, pretrained=pretrained, features_only=True, out_indices=indices
-        )
-        self.channels = dict(zip(STRIDES, self.body.feature_info.channels()))
+        self.body = timm.create_model(name, pretrained=pretrained, features_only=True)
+        reductions = self.body.feature_info.reduction()
+        missing = [s for s in STRIDES if s not in reductions]
+        if missing:
+            raise ValueError(f'{name} has no features at strides {missing}')
+        # Built once with every stage; outputs at other strides (2) are simply not returned.
+        self.picks = [reductions.index(s) for s in STRIDES]
+        channels = self.body.feature_info.channels()
+        self.channels = {s: channels[i] for s, i in zip(STRIDES, self.picks)}
 
     def forward(self, images: Tensor) -> dict[int, Tensor]:
         """[B, 3, H, W] -> {stride s: [B, C_s, H/s, W/s]} for s in 4, 8, 16, 32."""
-        return dict(zip(STRIDES, self.body(images)))
+        outputs = self.body(images)
+        return {s: outputs[i] for s, i in zip(STRIDES, self.picks)}
 
 
 class FasterViTBackbone(nn.Module):

@@ -1,0 +1,213 @@
+"""Opening a model for a backend: checkpoint or export folder -> runners and text encoder.
+
+Used by the `Segmenter` facade. 'torch' runs the checkpoint's model through `TorchRunner`s over
+the export wrappers (the very modules the ONNX graphs are traced from); 'onnxruntime' and
+'tensorrt' run an export folder, exported from the checkpoint into the engine cache on first use
+(needs torch once); an existing export folder loads without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mobius_ros.export import io_spec
+from mobius_ros.runtime.errors import ModelLoadError
+from mobius_ros.runtime.exported import FORMAT, ExportedModel, RunnerFactory, onnxruntime_factory
+from mobius_ros.runtime.predictor import GraphRunners
+
+if TYPE_CHECKING:
+    from mobius_ros.runtime.segmenter import SegmenterConfig
+
+_LOG = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / 'assets' / 'demo'
+
+
+def open_backend(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, object, int]:
+    """Runners, text encoder (`identity`, `encode`) and initial query count for `config`."""
+    if config.backend == 'torch':
+        return _open_torch(source, config)
+    return _open_export(source, config)
+
+
+def resolve_checkpoint(checkpoint: str | None) -> Path:
+    """The file or export folder that `checkpoint` names (None: the bundled demo model).
+
+    Raises:
+        ModelLoadError: nothing usable there; the message says what was looked for.
+    """
+    path = DEMO_DIR if checkpoint is None else Path(checkpoint).expanduser()
+    what = 'the bundled demo model' if checkpoint is None else 'checkpoint'
+    if path.is_dir():
+        if (path / io_spec.MODEL_JSON).is_file():
+            return path
+        found = sorted(path.glob('*.safetensors'))
+        if len(found) == 1:
+            return found[0]
+        raise ModelLoadError(
+            f'{what}: {path} holds {len(found)} .safetensors files and no {io_spec.MODEL_JSON};'
+            ' give one checkpoint file or an export folder'
+            + (
+                ' (train the demo model with `mobius train --recipe demo`)'
+                if checkpoint is None
+                else ''
+            )
+        )
+    if path.is_file() and path.suffix == '.safetensors':
+        if not path.with_suffix('.json').is_file():
+            raise ModelLoadError(f'checkpoint {path} has no config {path.with_suffix(".json")}')
+        return path
+    if path.is_file() and path.name == io_spec.MODEL_JSON:
+        return path.parent
+    raise ModelLoadError(f'{what} not found: {path} (a .safetensors file or an export folder)')
+
+
+def export_cache_key(checkpoint: Path, input_size: tuple[int, int]) -> str:
+    """Key of the export of `checkpoint` at `input_size`, computed without torch.
+
+    Hashes the weights file and its config, so a retrained checkpoint gets a new folder.
+    """
+    digest = hashlib.sha256(f'{FORMAT}:{input_size[0]}x{input_size[1]}'.encode())
+    for path in (checkpoint, checkpoint.with_suffix('.json')):
+        with path.open('rb') as handle:
+            for chunk in iter(lambda h=handle: h.read(1 << 20), b''):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _open_torch(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, object, int]:
+    """PyTorch backend: the checkpoint's model behind TorchRunners over the export wrappers."""
+    if source.is_dir():
+        raise ModelLoadError(
+            f'backend torch needs a .safetensors checkpoint, got the export folder {source}'
+        )
+    try:
+        import torch
+    except ImportError as error:
+        raise ModelLoadError(
+            "backend 'torch' needs PyTorch (install the 'torch' extra) or use 'onnxruntime'"
+        ) from error
+    from mobius_ros.export import wrappers
+    from mobius_ros.model.checkpoint import load_checkpoint
+    from mobius_ros.runtime.torch_runner import TorchRunner
+
+    try:
+        model = load_checkpoint(source, device=config.device)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f'cannot load checkpoint {source}: {error}') from error
+    shapes = wrappers.memory_shapes(model, config.input_size)
+
+    def runner(module: torch.nn.Module, spec: io_spec.GraphSpec) -> TorchRunner:
+        return TorchRunner(
+            module, inputs=spec.inputs, outputs=spec.outputs, device=config.device, name=spec.name
+        )
+
+    layers = range(model.num_layers)
+    runners = GraphRunners(
+        encoder=runner(wrappers.EncoderGraph(model), io_spec.ENCODER_SPEC),
+        decoder_layers=[
+            runner(
+                wrappers.DecoderLayerGraph(model, i, shapes, referring=False),
+                io_spec.decoder_layer_spec(i),
+            )
+            for i in layers
+        ],
+        mask_head=runner(wrappers.MaskHeadGraph(model), io_spec.MASK_HEAD_SPEC),
+        referring_layers=[
+            runner(
+                wrappers.DecoderLayerGraph(model, i, shapes, referring=True),
+                io_spec.decoder_layer_spec(i, referring=True),
+            )
+            for i in layers
+        ],
+    )
+    return runners, _TorchText(model), int(model.decoder.num_queries)
+
+
+class _TorchText:
+    """The model's own text encoder as the vocabulary cache's `encode_fn`."""
+
+    def __init__(self, model: object) -> None:
+        self._model = model
+        self.identity = str(model.text_encoder.identity)  # type: ignore[attr-defined]
+
+    def encode(self, phrases: Sequence[str]) -> object:
+        import torch
+
+        with torch.inference_mode():
+            return self._model.encode_text(list(phrases))  # type: ignore[attr-defined]
+
+
+def _open_export(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, object, int]:
+    """ONNX Runtime / TensorRT: an export folder, exported from a checkpoint on first use."""
+    if source.is_dir():
+        exported = ExportedModel.open(source)
+    else:
+        key = export_cache_key(source, config.input_size)
+        directory = Path(config.engine_dir).expanduser() / key
+        if not (directory / io_spec.MODEL_JSON).is_file():
+            if config.build_policy == 'never':
+                raise ModelLoadError(
+                    f'no export of {source} in {directory} and build_policy is never; run'
+                    f' `mobius export --checkpoint {source} --out {directory}`'
+                )
+            _export_checkpoint(source, directory, config.input_size)
+        exported = ExportedModel.open(directory)
+    if exported.input_size != tuple(config.input_size):
+        raise ModelLoadError(
+            f'{exported.directory} was exported for a {exported.input_size} canvas, but'
+            f' input_size is {tuple(config.input_size)}; re-export or change input_size'
+        )
+    factory = (
+        onnxruntime_factory()
+        if config.backend == 'onnxruntime'
+        else _tensorrt_factory(exported, config)
+    )
+    return exported.runners(factory), exported.text_encoder(factory), exported.num_queries
+
+
+def _export_checkpoint(source: Path, directory: Path, input_size: tuple[int, int]) -> None:
+    try:
+        from mobius_ros.export.onnx import ExportOptions, export_model
+        from mobius_ros.model.checkpoint import load_checkpoint
+    except ImportError as error:
+        raise ModelLoadError(
+            f'exporting {source} to ONNX needs PyTorch ({error}); export it on a machine with'
+            ' torch (`mobius export`) and pass the export folder as the checkpoint'
+        ) from error
+    _LOG.info('exporting %s to %s (first use of this checkpoint)', source, directory)
+    try:
+        model = load_checkpoint(source)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f'cannot load checkpoint {source}: {error}') from error
+    export_model(model, directory, ExportOptions(input_size=input_size))
+
+
+def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> RunnerFactory:
+    """Engines built (or validated) per graph under `<export>/tensorrt/`, by build policy."""
+    from mobius_ros.export.tensorrt_build import BuildOptions, default_ranges, ensure_engine
+    from mobius_ros.runtime.tensorrt_runner import TensorRTRunner
+
+    device = int(config.device.split(':')[1]) if config.device.startswith('cuda:') else 0
+    ranges = default_ranges(exported.num_queries, max_vocabulary=config.max_vocabulary)
+    options = BuildOptions(ranges=ranges)
+    engine_dir = exported.directory / 'tensorrt'
+    model_config = {'config': exported.meta['config'], 'export_key': exported.export_key}
+
+    def make(name: str, path: Path) -> TensorRTRunner:
+        engine = ensure_engine(
+            path,
+            engine_dir,
+            options,
+            policy=config.build_policy,
+            model_config=model_config,
+            log=_LOG.info,
+            device=device,
+        )
+        return TensorRTRunner(engine, device=device, name=name)
+
+    return make

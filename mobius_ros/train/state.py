@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobius_ros.model.checkpoint import save_checkpoint
+from mobius_ros.model.checkpoint import TEXT_PREFIX, save_checkpoint
 
 MODEL_FILE = 'model.safetensors'
 STATE_FILE = 'train_state.pt'
@@ -35,10 +35,11 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
+    include_text_encoder: bool = True,
 ) -> Path:
     """Write model + resumable state into `directory` and point `latest.txt` of its run at it."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, directory / MODEL_FILE)
+    save_checkpoint(model, directory / MODEL_FILE, include_text_encoder=include_text_encoder)
     state = {
         'step': step,
         'optimizer': optimizer.state_dict(),
@@ -75,7 +76,10 @@ def load_training_state(
 
     weights = load_file(str(directory / MODEL_FILE))
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if k not in _non_persistent(model)]:
+    # A text encoder left out of the checkpoint comes from its package, as when it was built.
+    allowed = _non_persistent(model)
+    missing = [k for k in missing if k not in allowed and not k.startswith(TEXT_PREFIX)]
+    if unexpected or missing:
         raise ValueError(
             f'checkpoint {directory} does not fit the model: missing {missing[:5]}, '
             f'unexpected {unexpected[:5]}'

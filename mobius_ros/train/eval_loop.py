@@ -1,0 +1,317 @@
+"""Run a model over an evaluation set and score it with `train/evaluate.py` (DESIGN §4.9).
+
+Three tasks: category-guided mask/box AP, category-agnostic AR@100 (prompt "object") and
+referring P@0.5 / oIoU (every expression of every image, held-out phrasings reported apart), plus
+the pruning study: AP, mean queries kept per layer and decoder MACs for pruning off and each
+threshold trajectory. Post-processing mirrors `runtime/predictor.py` (score = class probability x
+mask quality, top-k, masks back at the original resolution), so the numbers are those a deployed
+model would give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobius_ros.model.pruning import PruningConfig
+from mobius_ros.ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_xywh
+from mobius_ros.ops.masks import rle_encode
+from mobius_ros.runtime.result import Prediction, Task
+from mobius_ros.train.data.collate import collate
+from mobius_ros.train.data.sample import Sample
+from mobius_ros.train.evaluate import (
+    coco_evaluate,
+    predictions_to_coco,
+    referring_metrics,
+    referring_top1,
+)
+
+TRAJECTORIES = ('none', 'sigmoid', 'logarithmic', 'exponential')
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to evaluate.
+
+    Attributes:
+        batch_size: images per forward pass without pruning (pruning runs batch 1).
+        max_detections: top-k per image (100 for AR@100).
+        score_threshold: 0 keeps every top-k detection, as COCO AP expects.
+        pruning_min_keep: `min_keep` of the pruning study (the paper's 100 is for Q = 300).
+        flops_images: images whose decoder MACs are counted per pruning setting.
+    """
+
+    batch_size: int = 8
+    max_detections: int = 100
+    score_threshold: float = 0.0
+    pruning_min_keep: int = 30
+    flops_images: int = 8
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Evaluation images with their ground truth.
+
+    Attributes:
+        samples: vocabulary-mode samples (images as normalised tensors [3, h, w]).
+        ground_truth: COCO instances dict of the same images (ids = sample.image_id).
+        category_ids: phrase -> COCO category id.
+        referring: referring samples (one expression each), possibly empty.
+    """
+
+    samples: list[Sample]
+    ground_truth: dict[str, Any]
+    category_ids: dict[str, int]
+    referring: list[Sample]
+
+
+def to_prediction(
+    logits: Tensor,
+    boxes: Tensor,
+    masks: Tensor,
+    *,
+    tensor_hw: tuple[int, int],
+    sample: Sample,
+    task: Task,
+    settings: EvalSettings,
+    queries_kept: tuple[int, ...] = (),
+) -> Prediction:
+    """One image's final-layer output -> a `Prediction` in original-image pixels.
+
+    Args:
+        logits: [Q, K] class logits; boxes: [Q, 4] cxcywh normalised to the padded tensor;
+            masks: [Q, H/4, W/4] mask logits.
+        tensor_hw: (H, W) of the padded input tensor.
+        sample: the evaluated sample (its image sits top-left in the tensor; `orig_size` is
+            the size on disk).
+    """
+    probs = logits.float().sigmoid()
+    class_prob, class_ids = probs.max(dim=1)
+    masks = masks.float()
+    inside = masks > 0
+    quality = (masks.sigmoid() * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1)
+    scores = class_prob * quality
+    order = scores.argsort(descending=True)
+    if task is Task.REFERRING:
+        order = order[:1]
+    else:
+        order = order[scores[order] >= settings.score_threshold][: settings.max_detections]
+    h, w = sample.image_hw
+    orig_h, orig_w = sample.orig_size
+    extra = {'task': task, 'queries_kept': queries_kept}
+    if order.numel() == 0:
+        return Prediction.empty((orig_h, orig_w), sample.phrases, **extra)
+    H, W = tensor_hw
+    xyxy = box_cxcywh_to_xyxy(boxes[order].float()) * boxes.new_tensor([W, H, W, H])
+    xyxy = xyxy * boxes.new_tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
+    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, orig_w)
+    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, orig_h)
+    full = F.interpolate(masks[order][None], size=(H, W), mode='bilinear', align_corners=False)
+    full = full[:, :, :h, :w]
+    if (h, w) != (orig_h, orig_w):
+        full = F.interpolate(full, size=(orig_h, orig_w), mode='bilinear', align_corners=False)
+    return Prediction(
+        boxes=xyxy.cpu().numpy().astype(np.float32),
+        scores=scores[order].cpu().numpy().astype(np.float32),
+        class_ids=class_ids[order].cpu().numpy().astype(np.int64),
+        phrases=tuple(sample.phrases),
+        masks=(full[0] > 0).cpu().numpy(),
+        image_size=(orig_h, orig_w),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    *,
+    task: Task,
+    settings: EvalSettings,
+    pruning: PruningConfig | None = None,
+) -> list[Prediction]:
+    """Predictions for samples (one dataset); batch 1 when pruning is enabled."""
+    device = next(model.parameters()).device
+    batch_size = 1 if pruning is not None and pruning.enabled else settings.batch_size
+    referring = task is Task.REFERRING
+    features = None if referring else model.encode_text(list(samples[0].phrases))
+    out: list[Prediction] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = list(samples[start : start + batch_size])
+        batch = collate(chunk)
+        images = batch.images.to(device)
+        text = list(batch.phrases) if referring else features
+        output = model(images, text, referring=referring, pruning=pruning)
+        final = output.layers[-1]
+        kept = tuple(int(layer.logits.shape[1]) for layer in output.layers)
+        for b, sample in enumerate(chunk):
+            out.append(
+                to_prediction(
+                    final.logits[b],
+                    final.boxes[b],
+                    final.masks[b],
+                    tensor_hw=tuple(images.shape[-2:]),
+                    sample=sample,
+                    task=task,
+                    settings=settings,
+                    queries_kept=kept,
+                )
+            )
+    return out
+
+
+def evaluate_vocabulary(
+    model: nn.Module,
+    data: EvalSet,
+    *,
+    settings: EvalSettings,
+    pruning: PruningConfig | None = None,
+) -> tuple[dict[str, float], list[Prediction]]:
+    """COCO box and mask AP of category-guided predictions."""
+    predictions = predict(
+        model, data.samples, task=Task.VOCABULARY, settings=settings, pruning=pruning
+    )
+    detections = predictions_to_coco(
+        predictions, [s.image_id for s in data.samples], data.category_ids
+    )
+    return coco_evaluate(data.ground_truth, detections), predictions
+
+
+def evaluate_agnostic(
+    model: nn.Module, data: EvalSet, *, settings: EvalSettings
+) -> dict[str, float]:
+    """Category-agnostic AR@100 (and AP) with the prompt "object"."""
+    samples = [
+        replace(s, phrases=('object',), labels=np.zeros_like(s.labels)) for s in data.samples
+    ]
+    predictions = predict(model, samples, task=Task.AGNOSTIC, settings=settings)
+    detections = _agnostic_detections(predictions, [s.image_id for s in samples])
+    metrics = coco_evaluate(data.ground_truth, detections, use_categories=False)
+    return {f'agnostic/{k}': v for k, v in metrics.items()}
+
+
+def _agnostic_detections(
+    predictions: Sequence[Prediction], image_ids: Sequence[int]
+) -> list[dict]:
+    results = []
+    for pred, image_id in zip(predictions, image_ids):
+        xywh = box_xyxy_to_xywh(np.asarray(pred.boxes, np.float64))
+        for n in range(len(pred)):
+            results.append(
+                {
+                    'image_id': int(image_id),
+                    'category_id': 1,  # ignored: use_categories=False
+                    'bbox': [float(v) for v in xywh[n]],
+                    'score': float(pred.scores[n]),
+                    'segmentation': rle_encode(pred.masks[n]),
+                }
+            )
+    return results
+
+
+def evaluate_referring(
+    model: nn.Module, data: EvalSet, *, settings: EvalSettings
+) -> dict[str, float]:
+    """Referring P@0.5, oIoU and mIoU over all expressions, seen and held-out phrasings apart."""
+    if not data.referring:
+        return {}
+    predictions = predict(model, data.referring, task=Task.REFERRING, settings=settings)
+    groups: dict[str, list[int]] = {'all': list(range(len(data.referring)))}
+    for i, sample in enumerate(data.referring):
+        held = bool((sample.meta or {}).get('held_out'))
+        groups.setdefault('held_out' if held else 'seen', []).append(i)
+    metrics: dict[str, float] = {}
+    for group, index in groups.items():
+        tops = [referring_top1(predictions[i]) for i in index]
+        gts = [data.referring[i] for i in index]
+        scale = [_orig_scale(s) for s in gts]
+        values = referring_metrics(
+            np.stack([t[0] for t in tops]),
+            np.stack([s.boxes[0] * k for s, k in zip(gts, scale)]),
+            pred_masks=[t[1] for t in tops],
+            gt_masks=[_orig_mask(s) for s in gts],
+        )
+        metrics.update({f'referring/{group}/{k}': v for k, v in values.items()})
+        metrics[f'referring/{group}/count'] = float(len(index))
+    return metrics
+
+
+def _orig_scale(sample: Sample) -> np.ndarray:
+    h, w = sample.image_hw
+    oh, ow = sample.orig_size
+    return np.array([ow / w, oh / h, ow / w, oh / h], np.float32)
+
+
+def _orig_mask(sample: Sample) -> np.ndarray:
+    mask = sample.masks[0]
+    if mask.shape != tuple(sample.orig_size):
+        import cv2
+
+        resized = cv2.resize(mask.astype(np.uint8), sample.orig_size[::-1], cv2.INTER_NEAREST)
+        return resized.astype(bool)
+    return mask
+
+
+def pruning_study(
+    model: nn.Module,
+    data: EvalSet,
+    *,
+    settings: EvalSettings,
+    trajectories: Sequence[str] = TRAJECTORIES,
+) -> list[dict[str, Any]]:
+    """Per trajectory: mask/box AP, mean queries kept per layer, decoder MMACs per image."""
+    from mobius_ros.model.flops import DECODER, count_model_forward
+
+    rows = []
+    features = model.encode_text(list(data.samples[0].phrases))
+    device = next(model.parameters()).device
+    for name in trajectories:
+        config = PruningConfig(trajectory=name, min_keep=settings.pruning_min_keep)
+        metrics, predictions = evaluate_vocabulary(model, data, settings=settings, pruning=config)
+        kept = np.asarray([p.queries_kept for p in predictions], np.float64).mean(0)
+        macs = []
+        for sample in data.samples[: settings.flops_images]:
+            image = collate([sample]).images.to(device)
+            with torch.inference_mode():
+                counted = count_model_forward(model, image, features, pruning=config)
+            macs.append(counted.components[DECODER] / 1e6)
+        rows.append(
+            {
+                'trajectory': name,
+                'mask_AP': metrics['segm/AP'],
+                'box_AP': metrics['bbox/AP'],
+                'queries_kept': [round(float(k), 1) for k in kept],
+                'decoder_MMACs': float(np.mean(macs)) if macs else float('nan'),
+            }
+        )
+    return rows
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: EvalSet,
+    *,
+    settings: EvalSettings | None = None,
+    tasks: Sequence[str] = ('vocabulary', 'agnostic', 'referring'),
+    with_pruning_study: bool = False,
+) -> dict[str, Any]:
+    """All metrics of `tasks` (percentages), plus the pruning study when asked."""
+    settings = settings or EvalSettings()
+    model.eval()
+    results: dict[str, Any] = {}
+    if 'vocabulary' in tasks:
+        metrics, _ = evaluate_vocabulary(model, data, settings=settings)
+        results.update(metrics)
+    if 'agnostic' in tasks:
+        results.update(evaluate_agnostic(model, data, settings=settings))
+    if 'referring' in tasks:
+        results.update(evaluate_referring(model, data, settings=settings))
+    if with_pruning_study:
+        results['pruning_study'] = pruning_study(model, data, settings=settings)
+    return results

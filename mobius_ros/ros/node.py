@@ -438,7 +438,7 @@ class MobiusNode(LifecycleNode):
             segmenter.configure(
                 score_threshold=float(self._values['score_threshold']),
                 max_detections=int(self._values['max_detections']),
-                latency_budget_ms=params.latency_budget(self._values),
+                latency_budget_ms=float(self._values['latency_budget_ms']),  # 0 = off
                 pruning=params.pruning_config(self._values),
             )
         if changes.keys() & {'vocabulary', 'task'} and not self._syncing:

@@ -61,7 +61,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('model') / 'tiny.safetensors'
-    return Path(save_checkpoint(build_model('MOBIUS-tiny').eval(), path))
+    save_checkpoint(build_model('MOBIUS-tiny').eval(), path)
+    return path
 
 
 @dataclass
@@ -70,6 +71,11 @@ class NodeProcess:
 
     process: subprocess.Popen
     log_path: Path
+    namespace: str
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the node's topics or services."""
+        return f'{self.namespace}/{name}'
 
     def log(self) -> str:
         return self.log_path.read_text(errors='replace')
@@ -105,7 +111,9 @@ def start_node(interfaces: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Start `python -m mobius_ros.ros.node` with parameters; stopped at module end."""
     started: list[NodeProcess] = []
 
-    def start(*, without_msgs: bool = False, **parameters: Any) -> NodeProcess:
+    def start(
+        *, namespace: str = NAMESPACE, without_msgs: bool = False, **parameters: Any
+    ) -> NodeProcess:
         env = interfaces.environment()
         env['PYTHONPATH'] = os.pathsep.join([str(REPO), env['PYTHONPATH']])
         env['PYTHONUNBUFFERED'] = '1'
@@ -117,16 +125,19 @@ def start_node(interfaces: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         cache = tmp_path_factory.mktemp('cache')
         parameters.setdefault('cache_dir', str(cache / 'text'))
         parameters.setdefault('engine_dir', str(cache / 'engines'))
-        arguments = ['--ros-args', '-r', f'__ns:={NAMESPACE}', '--log-level', 'mobius:=info']
+        arguments = ['--ros-args', '-r', f'__ns:={namespace}', '--log-level', 'mobius:=info']
         for name, value in parameters.items():
             arguments += ['-p', f'{name}:={_yaml(value)}']
         log_path = tmp_path_factory.mktemp('node') / 'node.log'
         with open(log_path, 'w') as log:
             process = subprocess.Popen(
                 [sys.executable, '-m', 'mobius_ros.ros.node', *arguments],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-            )  # fmt: skip
-        node = NodeProcess(process, log_path)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        node = NodeProcess(process, log_path, namespace)
         started.append(node)
         return node
 

@@ -88,9 +88,13 @@ def test_round_trip(tmp_path: Path, storage: str, compressed: bool) -> None:
         assert (first.bbox.size_x, first.bbox.size_y) == (20.0, 20.0)
         assert (label.height, label.width, label.encoding) == (48, 64, 'mono16')
         fields = ImageFields(
-            label.height, label.width, label.encoding, bool(label.is_bigendian), label.step,
+            label.height,
+            label.width,
+            label.encoding,
+            bool(label.is_bigendian),
+            label.step,
             label.data,
-        )  # fmt: skip
+        )
         label_image = image_fields_to_array(fields)
         assert (label_image == 1).sum() == 400
         assert seg.vocabulary_version == 3 and list(seg.queries_kept) == [20, 12]
@@ -157,3 +161,72 @@ def test_user_errors(tmp_path: Path) -> None:
     with pytest.raises(BagError, match='not a rosbag2'):
         process_bag(tmp_path, tmp_path / 'x', bright_blobs, image_topic=TOPIC, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['in']
+
+
+def test_embedded_vision_msgs_match_the_fixture_package() -> None:
+    from mobius_ros.ros.interfaces import VISION_MSGS_DEFINITIONS, VISION_MSGS_FIXTURE
+
+    files = {
+        f'vision_msgs/msg/{p.stem}': p.read_text()
+        for p in sorted((VISION_MSGS_FIXTURE / 'msg').glob('*.msg'))
+    }
+    assert files == VISION_MSGS_DEFINITIONS
+
+
+@pytest.mark.slow
+def test_mobius_bag_command_with_a_real_model(tmp_path: Path) -> None:
+    """`mobius bag` end to end: random-init MOBIUS-tiny on the torch backend, mcap in and out."""
+    pytest.importorskip('torch')
+    from mobius_ros.cli import main
+    from mobius_ros.model.checkpoint import save_checkpoint
+    from mobius_ros.model.variants import build_model
+
+    checkpoint = tmp_path / 'tiny.safetensors'
+    save_checkpoint(build_model('MOBIUS-tiny').eval(), checkpoint)
+    source = write_images(tmp_path / 'in', frames(2, 60, 90), topic=TOPIC, compressed=True)
+    code = main(
+        [
+            'bag',
+            str(source),
+            str(tmp_path / 'out'),
+            '--image-topic',
+            TOPIC,
+            '--checkpoint',
+            str(checkpoint),
+            '--backend',
+            'torch',
+            '--input-size',
+            '64x96',
+            '--vocabulary',
+            'square',
+            'circle',
+            '--score-threshold',
+            '0',
+            '--masks',
+            '--no-progress',
+        ]
+    )
+    assert code == 0
+    combined = read_outputs(tmp_path / 'out', '/mobius/segmentation')
+    images = read_outputs(tmp_path / 'out', TOPIC)
+    assert len(combined) == len(images) == 2
+    for (_, image), (_, seg) in zip(images, combined):
+        assert seg.header.stamp == image.header.stamp
+        assert (seg.label_image.height, seg.label_image.width) == (60, 90)
+        assert list(seg.phrases) == ['square', 'circle']
+    assert (
+        main(
+            [
+                'bag',
+                str(source),
+                str(tmp_path / 'out'),
+                '--image-topic',
+                TOPIC,
+                '--checkpoint',
+                str(checkpoint),
+                '--backend',
+                'torch',
+            ]
+        )
+        == 2
+    )  # exists

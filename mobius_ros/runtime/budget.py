@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import pairwise
 
@@ -141,6 +141,16 @@ class BudgetReport(Mapping[str, float | int | bool | str]):
         return len(self.__dataclass_fields__)
 
 
+def _quantile(values: Iterable[float], q: float) -> float:
+    """numpy's default (linear) quantile; np.quantile's overhead is ~100 us per call, and this
+    runs three times per frame."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
 class _Rls:
     """Recursive least squares with exponential forgetting, y ~ theta . x."""
 
@@ -156,9 +166,6 @@ class _Rls:
         self.theta = self.theta + gain * (y - x @ self.theta)
         self.p = (self.p - np.outer(gain, px)) / self.forgetting
         self.count += 1
-
-    def predict(self, x: np.ndarray) -> float:
-        return float(x @ self.theta)
 
 
 class _Ewma:
@@ -249,17 +256,21 @@ class BudgetController:
     def predict_ms(self, index: int, kept: np.ndarray | None = None) -> float:
         """Predicted frame latency under rung `index` (given survivor counts, or expected)."""
         kept = self.expected_kept(index) if kept is None else np.asarray(kept, float)
-        entering = np.concatenate([[float(self.num_queries)], kept[:-1]])
-        decoder = self._decoder.predict(np.array([len(kept), entering.sum()]))
-        masks = self._masks.predict(np.array([1.0, kept[-1]]))
+        # Plain floats: this runs for every rung before every frame, and 2-vectors in numpy
+        # cost more in call overhead than in arithmetic.
+        entering = self.num_queries + float(kept[:-1].sum())
+        a, b = self._decoder.theta
+        decoder = a * len(kept) + b * entering
+        a, b = self._masks.theta
+        masks = a + b * float(kept[-1])
         constant = sum(e.value for e in self._constant.values())
-        return constant + max(decoder, 0.0) + max(masks, 0.0)
+        return float(constant + max(decoder, 0.0) + max(masks, 0.0))
 
     def margin_ms(self) -> float:
         """The residual quantile added to predictions (0 until a few frames were seen)."""
         if len(self._residuals) < 5:
             return 0.0
-        return float(np.quantile(np.asarray(self._residuals), self.quantile))
+        return _quantile(self._residuals, self.quantile)
 
     def choose(self) -> BudgetDecision:
         """The least aggressive rung predicted to meet the budget (or the most aggressive)."""
@@ -331,7 +342,6 @@ class BudgetController:
         self._seen[index] = self._seen.get(index, 0) + 1
 
         self._latencies.append(timings.total_ms)
-        recent = np.asarray(self._latencies)
         return BudgetReport(
             setting=index,
             upper=decision.pruning.upper if decision.pruning.enabled else 0.0,
@@ -343,6 +353,6 @@ class BudgetController:
             budget_met=bool(timings.total_ms <= self.budget_ms),
             infeasible=not decision.feasible,
             reason=decision.reason,
-            p50_ms=round(float(np.quantile(recent, 0.5)), 3),
-            p95_ms=round(float(np.quantile(recent, 0.95)), 3),
+            p50_ms=round(_quantile(self._latencies, 0.5), 3),
+            p95_ms=round(_quantile(self._latencies, 0.95), 3),
         )

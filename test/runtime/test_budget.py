@@ -117,12 +117,14 @@ def test_tracks_a_slowdown(ladder: tuple[PruningConfig, ...]) -> None:
 
 def test_reports_infeasible_budget_with_reason(ladder: tuple[PruningConfig, ...]) -> None:
     controller = BudgetController(5.0, ladder, num_queries=Q, num_layers=L)
-    chosen, _, reports = run_controller(controller, SimulatedModel(5), 40)
+    chosen, latency, reports = run_controller(controller, SimulatedModel(5), 40)
     assert chosen[-1] == len(ladder) - 1
     last = reports[-1]
     assert last['infeasible'] and not last['budget_met']
     assert 'most aggressive' in str(last['reason']) and '5.0 ms budget' in str(last['reason'])
     assert last['measured_ms'] > 5.0 and last['p95_ms'] >= last['p50_ms'] > 5.0
+    assert last['p95_ms'] == pytest.approx(np.quantile(latency, 0.95), abs=1e-3)
+    assert last['p50_ms'] == pytest.approx(np.median(latency), abs=1e-3)
 
 
 def test_prediction_learns_the_true_cost(ladder: tuple[PruningConfig, ...]) -> None:

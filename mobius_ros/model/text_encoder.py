@@ -191,12 +191,23 @@ class MiniLMTextEncoder(nn.Module):
 
 
 def _weights_hash(module: nn.Module, extra: str = '') -> str:
-    """Short content hash of a module's weights (cache key that changes when weights do)."""
+    """Short content hash of a module's weights (cache key that changes when weights do).
+
+    Hashing a CLIP tower takes a while, so the hash is memoised against the tensors' version
+    counters, which every in-place update (optimizer step, load_state_dict) increments.
+    """
+    state = module.state_dict()
+    versions = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    cached = module.__dict__.get('_identity_cache')
+    if cached is not None and cached[0] == (extra, versions):
+        return cached[1]
     digest = hashlib.sha1(extra.encode())
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
+    value = digest.hexdigest()[:12]
+    module.__dict__['_identity_cache'] = ((extra, versions), value)
+    return value
 
 
 def build_text_encoder(name: str, *, width: int = 32, pretrained: bool = False) -> nn.Module:

@@ -63,6 +63,13 @@ def test_identity_tracks_weights(tiny: TinyTextEncoder) -> None:
     assert tiny.identity == before
     other = TinyTextEncoder(width=32, heads=2, layers=2)
     assert other.identity != before
+    # An in-place update (what an optimizer step does) changes the identity.
+    with torch.no_grad():
+        other.load_state_dict(tiny.state_dict())
+    assert other.identity == before
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert other.identity != before
 
 
 def test_select_reorders_phrases(tiny: TinyTextEncoder) -> None:

@@ -46,17 +46,13 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
         if (path / io_spec.MODEL_JSON).is_file():
             return path
         found = sorted(path.glob('*.safetensors'))
-        if len(found) == 1:
-            return found[0]
-        raise ModelLoadError(
-            f'{what}: {path} holds {len(found)} .safetensors files and no {io_spec.MODEL_JSON};'
-            ' give one checkpoint file or an export folder'
-            + (
-                ' (train the demo model with `mobius train --recipe demo`)'
-                if checkpoint is None
-                else ''
+        if len(found) != 1:
+            hint = ' (train it with `mobius train --recipe demo`)' if checkpoint is None else ''
+            raise ModelLoadError(
+                f'{what}: {path} holds {len(found)} .safetensors files and no'
+                f' {io_spec.MODEL_JSON}; give one checkpoint file or an export folder{hint}'
             )
-        )
+        path = found[0]
     if path.is_file() and path.suffix == '.safetensors':
         if not path.with_suffix('.json').is_file():
             raise ModelLoadError(f'checkpoint {path} has no config {path.with_suffix(".json")}')

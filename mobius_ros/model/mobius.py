@@ -90,6 +90,8 @@ class Mobius(nn.Module):
         """
         if len(text) == 0:
             raise ValueError('empty vocabulary: give at least one phrase')
+        if max_layers is not None and max_layers < 1:
+            raise ValueError(f'max_layers must be >= 1 or None, got {max_layers}')
         features = text if isinstance(text, TextFeatures) else self.encode_text(text)
         tokens, mask, class_embed = self.text_inputs(
             features, images.shape[0], referring=referring

@@ -199,6 +199,10 @@ def test_precomputed_text_features_equal_phrases(model: Mobius, images: torch.Te
     torch.testing.assert_close(a.final.logits, b.final.logits)
 
 
-def test_empty_vocabulary_is_rejected(model: Mobius, images: torch.Tensor) -> None:
-    with pytest.raises(ValueError):
+def test_empty_vocabulary_and_zero_layers_are_rejected(
+    model: Mobius, images: torch.Tensor
+) -> None:
+    with pytest.raises(ValueError, match='vocabulary'):
         model(images, [])
+    with pytest.raises(ValueError, match='max_layers'):
+        model(images, ['cat'], max_layers=0)

@@ -23,7 +23,6 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
@@ -42,9 +41,15 @@ from mobius_ros.ros.conversions import (
     overlay,
     rgb_to_image_fields,
 )
+from mobius_ros.ros.services import ServiceHandlers
 from mobius_ros.ros.stats import FrameStats, LatestSlot
 from mobius_ros.runtime.errors import ImageError, SegmenterError
-from mobius_ros.runtime.result import Prediction, Task
+from mobius_ros.runtime.result import Prediction
+
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # ROS 2 Humble (JetPack 6 images) names the module qos_event
+    from rclpy.qos_event import SubscriptionEventCallbacks
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -57,7 +62,7 @@ def _optional(module: str) -> Any | None:
         return None
 
 
-class MobiusNode(LifecycleNode):
+class MobiusNode(ServiceHandlers, LifecycleNode):
     """Open-vocabulary instance segmentation of a camera topic."""
 
     def __init__(self, node_name: str = 'mobius', **kwargs: Any) -> None:
@@ -67,7 +72,10 @@ class MobiusNode(LifecycleNode):
         for reason in self._invalid:
             self.get_logger().error(f'invalid parameter: {reason}')
         self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        # Humble has no post-set callbacks; there a valid change is applied while validating.
+        self._apply_in_check = not hasattr(self, 'add_post_set_parameters_callback')
+        if not self._apply_in_check:
+            self.add_post_set_parameters_callback(self._apply_parameters)
         self._factory = messages.RclpyFactory()
         self._segmenter: Any = None
         self._infer_lock = threading.Lock()  # one inference at a time: worker vs segment service
@@ -295,137 +303,13 @@ class MobiusNode(LifecycleNode):
         self._stats.frame(latency_ms, queries_kept=int(kept), budget_met=None if met is None
                           else bool(met))  # fmt: skip
 
-    # Vocabulary --------------------------------------------------------------------------------
-
-    def _install_vocabulary(self) -> Any:
-        if self._values['task'] == Task.AGNOSTIC.value:
-            return self._segmenter.set_agnostic()
-        return self._segmenter.set_vocabulary(list(self._values['vocabulary']))
-
-    def _publish_label_info(self) -> None:
-        publisher = self._pubs.get('label_info')
-        if publisher is None or self._segmenter is None:
-            return
-        header = self._factory.make(
-            'std_msgs/msg/Header', stamp=self.get_clock().now().to_msg(),
-            frame_id=self._last_frame_id,
-        )  # fmt: skip
-        phrases = self._segmenter.vocabulary.phrases
-        threshold = float(self._values['score_threshold'])
-        publisher.publish(messages.label_info(self._factory, header, phrases, threshold))
-
-    def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
-        if self._segmenter is None:
-            response.success, response.message = False, 'the node is not configured (no model)'
-            return response
-        try:
-            with self._vocab_lock:
-                if request.agnostic:
-                    update = self._segmenter.set_agnostic()
-                else:
-                    update = self._segmenter.set_vocabulary(
-                        list(request.phrases), append=request.append
-                    )
-                self._sync_parameters(update.vocabulary)
-        except SegmenterError as error:
-            response.success, response.message = False, str(error)
-            self.get_logger().warning(f'set_vocabulary refused: {error}')
-            return response
-        self._publish_label_info()
-        vocabulary = update.vocabulary
-        response.success = True
-        response.message = (
-            f'{len(vocabulary.phrases)} phrases, {update.encoded} encoded,'
-            f' {update.cache_hits} from cache in {update.encode_ms:.1f} ms'
-        )
-        self._fill_vocabulary(response, vocabulary)
-        response.encode_ms = float(update.encode_ms)
-        response.cache_hits = int(update.cache_hits)
-        response.encoded = int(update.encoded)
-        return response
-
-    def _sync_parameters(self, vocabulary: Any) -> None:
-        # Keep `ros2 param get` truthful after a service call, without re-encoding it again.
-        self._syncing = True
-        try:
-            updates = [rclpy.parameter.Parameter('task', value=vocabulary.task.value)]
-            if vocabulary.task != Task.AGNOSTIC:
-                updates.append(
-                    rclpy.parameter.Parameter('vocabulary', value=list(vocabulary.phrases))
-                )
-            self.set_parameters(updates)
-        finally:
-            self._syncing = False
-
-    def _on_get_vocabulary(self, request: Any, response: Any) -> Any:
-        if self._segmenter is not None:
-            self._fill_vocabulary(response, self._segmenter.vocabulary)
-        return response
-
-    @staticmethod
-    def _fill_vocabulary(response: Any, vocabulary: Any) -> None:
-        response.phrases = list(vocabulary.phrases)
-        response.class_ids = list(range(len(vocabulary.phrases)))
-        response.vocabulary_version = int(vocabulary.version)
-        response.task = vocabulary.task.value
-
-    # One-shot segmentation and enable ---------------------------------------------------------
-
-    def _on_segment(self, request: Any, response: Any) -> Any:
-        response.success = False
-        segmenter = self._segmenter
-        if segmenter is None:
-            response.message = 'the node is not configured (no model)'
-            return response
-        asks = [bool(request.phrases), request.agnostic, bool(request.expression)]
-        if sum(asks) > 1:
-            response.message = 'give at most one of phrases, agnostic and expression'
-            return response
-        if len(request.image.data):
-            msg: Any = request.image
-        elif len(request.compressed_image.data):
-            msg = request.compressed_image
-        elif self._latest is not None:
-            msg = self._latest
-        else:
-            response.message = 'no image in the request and no frame received yet'
-            return response
-        started = time.perf_counter()
-        try:
-            rgb = message_to_rgb(msg, compressed=isinstance(msg, CompressedImage))
-            threshold = request.score_threshold if request.score_threshold >= 0 else None
-            with self._infer_lock:
-                prediction = segmenter.segment(
-                    rgb,
-                    phrases=list(request.phrases) or None,
-                    expression=request.expression or None,
-                    agnostic=request.agnostic,
-                    score_threshold=threshold,
-                )
-        except SegmenterError as error:  # ImageError and VocabularyError included
-            response.message = str(error)
-            self.get_logger().warning(f'segment refused: {error}')
-            return response
-        response.result = messages.instance_segmentation(
-            self._factory, msg.header, prediction,
-            with_masks=bool(self._values['publish_instance_masks']),
-            latency_ms=(time.perf_counter() - started) * 1e3,
-        )  # fmt: skip
-        response.success = True
-        response.message = f'{len(prediction)} instances ({prediction.task.value})'
-        return response
-
-    def _on_enable(self, request: Any, response: Any) -> Any:
-        self._enabled = bool(request.data)
-        response.success = True
-        response.message = 'processing enabled' if self._enabled else 'processing paused'
-        return response
-
     # Parameters --------------------------------------------------------------------------------
 
     def _check_parameters(self, parameters: list[Any]) -> SetParametersResult:
         changes = {p.name: _plain(p.value) for p in parameters}
         reasons = params.validate_all({**self._values, **changes})
+        if not reasons and self._apply_in_check:
+            self._apply_parameters(parameters)
         return SetParametersResult(successful=not reasons, reason='; '.join(reasons))
 
     def _apply_parameters(self, parameters: list[Any]) -> None:

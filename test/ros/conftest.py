@@ -37,10 +37,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+class InstalledInterfaces:
+    """Interfaces already importable (a sourced ROS workspace, e.g. colcon test): no build."""
+
+    installed = True
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def activate(self) -> None:
+        """Nothing to do: the workspace's setup script set every path."""
+
+
 @pytest.fixture(scope='session')
 def interfaces() -> Any:
     """vision_msgs (fixture) and mobius_ros_msgs, built with cmake unless up to date."""
     from mobius_ros.ros.interfaces import InterfaceBuildError, build_interfaces
+
+    try:
+        import mobius_ros_msgs.msg  # noqa: F401
+        import vision_msgs.msg  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return InstalledInterfaces()
 
     try:
         install = build_interfaces()
@@ -120,6 +140,8 @@ def start_node(interfaces: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         env['HF_HUB_OFFLINE'] = '1'
         env['RCUTILS_LOGGING_BUFFERED_STREAM'] = '0'
         if without_msgs:
+            if getattr(interfaces, 'installed', False):
+                pytest.skip('mobius_ros_msgs is installed in this workspace; cannot hide it')
             # Only mobius_ros_msgs goes missing: a second prefix holds vision_msgs alone.
             env['PYTHONPATH'] = os.pathsep.join([str(REPO), _vision_only(interfaces)])
         cache = tmp_path_factory.mktemp('cache')

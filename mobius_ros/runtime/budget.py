@@ -33,14 +33,23 @@ from mobius_ros.model.pruning import PruningConfig
 _WARMUP_FRAMES = 3
 
 
-def default_ladder(num_layers: int, *, lower: float = 0.05) -> tuple[PruningConfig, ...]:
-    """No pruning; the paper's default; stronger pruning; then fewer layers at max pruning."""
+def default_ladder(
+    num_layers: int, *, num_queries: int = 300, lower: float = 0.05
+) -> tuple[PruningConfig, ...]:
+    """No pruning; the paper's default; stronger pruning; then fewer layers at max pruning.
+
+    `min_keep` scales with Q: the paper keeps 100 of 300 queries (Tab. 14), a third.
+    """
+
+    def keep(fraction: float) -> int:
+        return max(1, round(num_queries * fraction))
+
     rungs = [
         PruningConfig(trajectory='none', lower=lower, upper=max(lower, 0.2), min_keep=1),
-        PruningConfig(lower=lower, upper=0.2, min_keep=100),
-        PruningConfig(lower=lower, upper=0.3, min_keep=50),
-        PruningConfig(lower=lower, upper=0.4, min_keep=25),
-        PruningConfig(lower=lower, upper=0.5, min_keep=10),
+        PruningConfig(lower=lower, upper=0.2, min_keep=keep(1 / 3)),
+        PruningConfig(lower=lower, upper=0.3, min_keep=keep(1 / 6)),
+        PruningConfig(lower=lower, upper=0.4, min_keep=keep(1 / 12)),
+        PruningConfig(lower=lower, upper=0.5, min_keep=keep(1 / 30)),
     ]
     rungs += [replace(rungs[-1], max_layers=n) for n in range(num_layers - 1, 0, -1)]
     return tuple(rungs)
@@ -186,7 +195,8 @@ class BudgetController:
 
     Args:
         budget_ms: the latency budget of a whole frame (preprocess to postprocess).
-        ladder: pruning settings from least to most aggressive (default: `default_ladder`).
+        ladder: pruning settings from least to most aggressive (default: `default_ladder`
+            for this Q and L).
         num_queries: Q, the queries entering the first decoder layer.
         num_layers: L, the model's decoder layers (thresholds follow the L-layer trajectory
             even when a setting exits early).
@@ -210,7 +220,9 @@ class BudgetController:
     ) -> None:
         self.num_queries = num_queries
         self.num_layers = num_layers
-        self.ladder = tuple(default_ladder(num_layers) if ladder is None else ladder)
+        self.ladder = tuple(
+            default_ladder(num_layers, num_queries=num_queries) if ladder is None else ladder
+        )
         if not self.ladder:
             raise ValueError('the ladder needs at least one setting')
         keys = [_aggressiveness(p, num_layers) for p in self.ladder]

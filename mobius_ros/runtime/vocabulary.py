@@ -174,24 +174,6 @@ class TextBatch:
 EncodeFn = Callable[[Sequence[str]], Any]  # phrases -> object with tokens, mask, pooled
 
 
-class GraphTextEncoder:
-    """An `EncodeFn` over the exported text graph and its tokenizer: no torch needed.
-
-    Args:
-        runner: a `Runner` of `text_encoder.onnx` (token_ids [P, L] -> tokens [P, L, D],
-            mask [P, L], pooled [P, D]).
-        tokenizer: phrases -> token ids [P, L] int64 (`runtime.tokenizer.load_tokenizer`).
-    """
-
-    def __init__(self, runner: Any, tokenizer: Callable[[Sequence[str]], np.ndarray]) -> None:
-        self.runner = runner
-        self.tokenizer = tokenizer
-
-    def __call__(self, phrases: Sequence[str]) -> TextBatch:
-        out = self.runner.infer({'token_ids': self.tokenizer(list(phrases))})
-        return TextBatch(out['tokens'], out['mask'].astype(bool), out['pooled'])
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     # A torch tensor (the model's encoders) or an array (an ONNX text graph).
     if hasattr(value, 'detach'):

@@ -238,3 +238,12 @@ def test_controller_drives_the_onnxruntime_predictor(
         if rung:
             assert prediction.queries_kept[0] >= 2 and 'most aggressive' in report['reason']
     runners.close()
+
+
+def test_default_ladder_scales_min_keep_with_queries() -> None:
+    ladder = default_ladder(2, num_queries=20)
+    assert [p.min_keep for p in ladder[1:]] == [7, 3, 2, 1, 1]
+    assert [p.max_layers for p in ladder] == [None] * 5 + [1]
+    controller = BudgetController(30.0, num_queries=20, num_layers=2)
+    assert controller.ladder == ladder
+    assert default_ladder(6)[1] == PruningConfig()  # the paper's Tab. 14 setting at Q = 300

@@ -268,16 +268,21 @@ def test_graph_text_encoder_matches_torch(tmp_path: Path) -> None:
     pytest.importorskip('onnxruntime')
     from mobius_ros.export.onnx import ExportOptions, export_model
     from mobius_ros.model.variants import build_model
+    from mobius_ros.runtime.exported import GraphTextEncoder
     from mobius_ros.runtime.runner import OnnxRuntimeRunner
     from mobius_ros.runtime.tokenizer import load_tokenizer
-    from mobius_ros.runtime.vocabulary import GraphTextEncoder
 
     torch.manual_seed(0)
     model = build_model('MOBIUS-tiny').eval()
     options = ExportOptions(input_size=(64, 64), referring=False, full=False)
     meta = json.loads(export_model(model, tmp_path / 'export', options).read_text())
     runner = OnnxRuntimeRunner(tmp_path / 'export' / 'text_encoder.onnx')
-    graph = GraphTextEncoder(runner, load_tokenizer(meta['tokenizer'], tmp_path / 'export'))
+    graph = GraphTextEncoder(
+        runner,
+        load_tokenizer(meta['tokenizer'], tmp_path / 'export'),
+        identity=model.text_encoder.identity,
+        width=model.text_encoder.width,
+    )
     phrases = ['object', 'the small blue triangle left of the red circle']
     from_graph, _, _ = TextEmbeddingCache(graph, model.text_encoder.identity).get(phrases)
     from_torch, _, _ = TextEmbeddingCache(

@@ -163,8 +163,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             p = r['pruned']
             lines.append(
                 f'\n{r["variant"]} pruned (sigmoid 0.05-0.2, min_keep 100): decoder '
-                f'{p["decoder"]:.2f} G vs {p["decoder_unpruned"]:.2f} G unpruned; queries per '
-                f'layer {p["queries_per_layer"]}'
+                f'{p["decoder"]:.2f} G vs {p["decoder_unpruned"]:.2f} G unpruned; queries kept '
+                f'after each layer {p["queries_per_layer"]}'
             )
     return '\n'.join(lines)
 

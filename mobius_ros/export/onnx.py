@@ -164,7 +164,7 @@ def _export_into(model: Mobius, out: Path, options: ExportOptions) -> dict[str, 
         )
     tokenizer = None
     if options.text_encoder:
-        token_ids, tokenizer = _tokenizer_files(text_encoder, out)
+        token_ids, tokenizer = copy_tokenizer(text_encoder, out)
         graphs[io_spec.TEXT_ENCODER] = (
             TextEncoderGraph(text_encoder),
             (token_ids,),
@@ -174,7 +174,7 @@ def _export_into(model: Mobius, out: Path, options: ExportOptions) -> dict[str, 
     files: dict[str, Any] = {}
     for name, (module, args, spec) in graphs.items():
         path = out / spec.filename
-        _export_graph(module, args, spec, path, opset=options.opset)
+        export_graph(module, args, spec, path, opset=options.opset)
         files[name] = {'file': spec.filename, 'sha256': _sha256(path), **spec.to_dict()}
 
     h, w = options.input_size
@@ -207,7 +207,7 @@ def _export_into(model: Mobius, out: Path, options: ExportOptions) -> dict[str, 
     }
 
 
-def _export_graph(
+def export_graph(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
     spec: io_spec.GraphSpec,
@@ -240,7 +240,7 @@ def _export_graph(
     onnx.checker.check_model(str(path))
 
 
-def _tokenizer_files(text_encoder: nn.Module, out: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+def copy_tokenizer(text_encoder: nn.Module, out: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """Copy the tokenizer beside the graphs; return trace token ids [P, L] and its spec."""
     from mobius_ros.runtime.tokenizer import load_tokenizer
 

@@ -17,16 +17,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_text_graph_matches_torch(tmp_path: Path) -> None:
-    from mobius_ros.export.onnx import _export_graph, _tokenizer_files
+    from mobius_ros.export.onnx import copy_tokenizer, export_graph
     from mobius_ros.export.wrappers import TextEncoderGraph
     from mobius_ros.model.text_encoder import MiniLMTextEncoder
     from mobius_ros.runtime.exported import GraphTextEncoder, onnxruntime_factory
     from mobius_ros.runtime.tokenizer import load_tokenizer
 
     encoder = MiniLMTextEncoder()
-    ids, spec = _tokenizer_files(encoder, tmp_path)
+    ids, spec = copy_tokenizer(encoder, tmp_path)
     path = tmp_path / io_spec.TEXT_ENCODER_SPEC.filename
-    _export_graph(TextEncoderGraph(encoder), (ids,), io_spec.TEXT_ENCODER_SPEC, path, opset=17)
+    export_graph(TextEncoderGraph(encoder), (ids,), io_spec.TEXT_ENCODER_SPEC, path, opset=17)
     graph = GraphTextEncoder(
         onnxruntime_factory()(io_spec.TEXT_ENCODER, path),
         load_tokenizer(spec, tmp_path),

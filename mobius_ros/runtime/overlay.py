@@ -54,13 +54,16 @@ def draw_prediction(
             f'image {image.shape[:2]} does not match the prediction {prediction.image_size}'
         )
     out = image.copy()
-    # Lowest score first so that the best instance ends on top, as in `label_image`.
-    for n in range(len(prediction) - 1, -1, -1):
+    # Each pixel takes the colour of the best instance covering it (blending every overlapping
+    # mask in turn would mix colours into ones no instance has).
+    label = prediction.label_image()
+    for n in range(len(prediction)):
         color = np.array(instance_color(n), np.float32)
-        mask = prediction.masks[n]
-        out[mask] = (out[mask] * (1.0 - alpha) + color * alpha).astype(np.uint8)
+        top = label == n + 1
+        out[top] = (image[top] * (1.0 - alpha) + color * alpha).astype(np.uint8)
+    for n in range(len(prediction) - 1, -1, -1):
         contours, _ = cv2.findContours(
-            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            prediction.masks[n].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
         cv2.drawContours(out, contours, -1, instance_color(n), 1)
     thickness = max(1, round(min(prediction.image_size) / 300))

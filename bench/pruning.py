@@ -11,8 +11,9 @@ For each MOBIUS variant, in one interleaved run per variant (so ratios are paire
   fusion over all tokens, 9-layer multi-scale decoder) where one is paired with the variant.
 
 Decoder MACs (decoder layers + their heads + mask head, live ops only) come from
-`mobius_ros.model.flops.count_macs` on the same forward. The backend is the PyTorch model
-(`Mobius.forward` runs the same layer-by-layer host loop the exported split graphs do).
+`mobius_ros.model.flops.count_macs` on the same forward. Two backends: the PyTorch model
+(`Mobius.forward`) and ONNX Runtime on the exported graphs (`bench/onnx_model.py`): the single
+full graph vs the split graphs with the predictor's host pruning loop.
 
 Run: `python -m bench.pruning --size 384x512 --threads 2 --repeats 8`
 """
@@ -124,55 +125,138 @@ def _runner(built: Built, pruning: Any) -> Callable[[], object]:
     return run
 
 
-def measure_variant(
-    variant: str, size: tuple[int, int], timing: TimingConfig, *, kept_fraction: float
-) -> list[dict[str, Any]]:
-    """Entries for one variant (and its GLEE counterpart), timed in one interleaved run."""
+@dataclass(frozen=True)
+class _Row:
+    """One timed configuration and what its ratios are taken against."""
+
+    name: str
+    configuration: str
+    run: Callable[[], object]
+    counted: dict[str, Any]
+    reference: str  # key of the row its latency ratio is against
+    params_m: float
+
+
+def _glee_row(
+    variant: str, size: tuple[int, int], built: Built, full: Setting, reference: str
+) -> _Row:
     import torch
 
-    built = build_mobius(variant, size)
-    num_queries = built.model.decoder.num_queries
-    settings = settings_for(num_queries, kept_fraction=kept_fraction)
-    cases = {s.label: _runner(built, s.pruning) for s in settings}
-    counts = {s.label: count(built, s.pruning) for s in settings}
-    glee: tuple[str, Built] | None = None
-    glee_skip: Skipped | None = None
-    if variant in GLEE_COUNTERPARTS:
-        label, name, overrides = GLEE_COUNTERPARTS[variant]
-        try:
-            torch.manual_seed(0)
-            from mobius_ros.model.variants import build_model
+    from mobius_ros.model.variants import build_model
 
-            backbone = {**overrides.get('backbone', {}), 'image_size': tuple(size)}
-            model = build_model(name, backbone=backbone).eval()
-            glee = (label, Built(label, model, built.images, built.text))
-            full = settings[0].pruning
-            cases[label] = _runner(glee[1], full)
-            counts[label] = count(glee[1], full)
-        except Exception as error:  # recorded, not dropped
-            glee_skip = Skipped(label, f'{type(error).__name__}: {error}'[:500])
-    timings = time_interleaved(cases, timing)
-    reference = timings[settings[0].label]
-    full_macs = counts[settings[0].label]['decoder_gmacs']
-    entries = []
-    for label, result in timings.items():
-        is_glee = glee is not None and label == glee[0]
-        entry = _entry(
-            variant if not is_glee else label,
-            label if not is_glee else f'GLEE-style, vs {variant} full',
-            result,
-            reference,
-            counts[label],
-            full_macs,
+    label, name, overrides = GLEE_COUNTERPARTS[variant]
+    torch.manual_seed(0)
+    backbone = {**overrides.get('backbone', {}), 'image_size': tuple(size)}
+    glee = Built(label, build_model(name, backbone=backbone).eval(), built.images, built.text)
+    return _Row(
+        label,
+        f'GLEE-style, vs {variant} torch full',
+        _runner(glee, full.pruning),
+        count(glee, full.pruning),
+        reference,
+        params_m(glee.model),
+    )
+
+
+def _onnx_rows(
+    variant: str,
+    size: tuple[int, int],
+    settings: list[Setting],
+    counts: dict[str, dict[str, Any]],
+    *,
+    threads: int,
+    spinning: bool,
+    params: float,
+) -> dict[str, _Row]:
+    """ONNX Runtime rows: the single full graph, and the split graphs under each setting."""
+    from bench.onnx_model import export_variant, full_runner, split_runner
+
+    exported = export_variant(variant, size, threads=threads, spinning=spinning)
+    full_key = 'onnxruntime: full graph'
+    rows = {
+        full_key: _Row(
+            variant,
+            full_key,
+            full_runner(exported),
+            counts[settings[0].label],
+            full_key,
+            params,
         )
-        entry['params_m'] = params_m(glee[1].model if is_glee else built.model)
+    }
+    for setting in settings:
+        run = split_runner(exported, setting.pruning)
+        # The host loop reports what survived; random weights on ORT keep what torch keeps
+        # only up to ties, so the counts come from the graphs that are timed.
+        counted = {**counts[setting.label], 'kept_per_layer': list(run())}
+        key = f'onnxruntime: split, {setting.label}'
+        rows[key] = _Row(variant, key, run, counted, full_key, params)
+    return rows
+
+
+def measure_variant(
+    variant: str,
+    size: tuple[int, int],
+    timing: TimingConfig,
+    *,
+    kept_fraction: float,
+    backends: tuple[str, ...],
+    ort_spinning: bool = False,
+) -> list[dict[str, Any]]:
+    """Entries for one variant (both backends, its GLEE counterpart), one interleaved run."""
+    built = build_mobius(variant, size)
+    settings = settings_for(built.model.decoder.num_queries, kept_fraction=kept_fraction)
+    counts = {s.label: count(built, s.pruning) for s in settings}
+    params = params_m(built.model)
+    torch_full = f'torch: {settings[0].label}'
+    rows: dict[str, _Row] = {}
+    skipped: list[dict[str, Any]] = []
+    if 'torch' in backends:
+        for s in settings:
+            key = f'torch: {s.label}'
+            rows[key] = _Row(
+                variant, key, _runner(built, s.pruning), counts[s.label], torch_full, params
+            )
+        if variant in GLEE_COUNTERPARTS:
+            label = GLEE_COUNTERPARTS[variant][0]
+            try:
+                rows[label] = _glee_row(variant, size, built, settings[0], torch_full)
+            except Exception as error:  # recorded, not dropped
+                skip = Skipped(label, f'{type(error).__name__}: {error}'[:500])
+                skipped.append({**skipped_entry(skip), 'configuration': 'GLEE-style'})
+    if 'onnxruntime' in backends:
+        try:
+            rows.update(
+                _onnx_rows(
+                    variant,
+                    size,
+                    settings,
+                    counts,
+                    threads=timing.threads,
+                    spinning=ort_spinning,
+                    params=params,
+                )
+            )
+        except Exception as error:  # an export failure is a result, not a crash
+            skip = Skipped(variant, f'{type(error).__name__}: {error}'[:500])
+            skipped.append({**skipped_entry(skip), 'configuration': 'onnxruntime'})
+    timings = time_interleaved({key: row.run for key, row in rows.items()}, timing)
+    full_counts = counts[settings[0].label]
+    entries = []
+    for key, row in rows.items():
+        entry = _entry(
+            row.name,
+            row.configuration,
+            timings[key],
+            timings[row.reference],
+            row.counted,
+            full_counts['decoder_gmacs'],
+        )
+        entry['params_m'] = row.params_m
         entry['total_macs_ratio'] = round(
-            counts[label]['total_gmacs'] / counts[settings[0].label]['total_gmacs'], 3
+            row.counted['total_gmacs'] / full_counts['total_gmacs'], 3
         )
         entries.append(entry)
-    if glee_skip is not None:
-        entries.append({**skipped_entry(glee_skip), 'configuration': 'GLEE-style'})
-    return entries
+    return entries + skipped
 
 
 def _entry(
@@ -196,7 +280,13 @@ def _entry(
 
 
 def run_pruning(
-    *, variants: list[str], size: tuple[int, int], timing: TimingConfig, kept_fraction: float
+    *,
+    variants: list[str],
+    size: tuple[int, int],
+    timing: TimingConfig,
+    kept_fraction: float,
+    backends: tuple[str, ...],
+    ort_spinning: bool = False,
 ) -> dict[str, Any]:
     """Measure every variant; a variant that cannot be built is recorded as skipped."""
     fix_threads(timing.threads)
@@ -204,7 +294,14 @@ def run_pruning(
     entries: list[dict[str, Any]] = []
     for variant in variants:
         try:
-            measured = measure_variant(variant, size, timing, kept_fraction=kept_fraction)
+            measured = measure_variant(
+                variant,
+                size,
+                timing,
+                kept_fraction=kept_fraction,
+                backends=backends,
+                ort_spinning=ort_spinning,
+            )
         except Exception as error:  # e.g. MOBIUS-0 without the optional fastervit package
             skip = Skipped(variant, f'{type(error).__name__}: {error}'[:500])
             measured = [{**skipped_entry(skip), 'configuration': 'all'}]
@@ -213,14 +310,19 @@ def run_pruning(
         gc.collect()
     return {
         'benchmark': 'pruning',
-        'description': 'PyTorch model (random weights), batch 1, 80 COCO names as cached text. '
-        'latency_ratio: paired, vs the same variant with pruning off (GLEE rows: vs the MOBIUS '
-        'variant on the same backbone). decoder MACs = decoder layers + heads + mask head.',
+        'description': 'Random weights, batch 1, 80 COCO names as cached text. torch: '
+        'Mobius.forward (layer loop in PyTorch); onnxruntime: the exported graphs, either the '
+        'single full graph or encoder + per-layer decoder graphs + mask head with the '
+        "predictor's host pruning loop (pre/post-processing excluded in both). latency_ratio: "
+        'paired, vs the same backend with pruning off (torch) or the full graph (onnxruntime); '
+        'GLEE rows: vs the MOBIUS variant on the same backbone (torch). decoder MACs = decoder '
+        'layers + their heads + mask head, live ops only (mobius_ros.model.flops).',
         'note': 'Random weights do not prune by themselves: "forced" pins the thresholds at 1.0 '
         'so exactly min_keep = Q/3 queries survive the first layer, what a trained model whose '
         'thresholds bite early does. "Tab. 14 defaults" keep min_keep = 100 here, so they '
         'prune nothing on variants with Q = 100.',
-        'backend': 'torch',
+        'backends': list(backends),
+        'ort_spinning': ort_spinning,
         'input_hw': list(size),
         'kept_fraction': kept_fraction,
         'environment': env,
@@ -252,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         nargs='*',
         default=['MOBIUS-mobile-lite', 'MOBIUS-MNv4-conv-S', 'MOBIUS-0', 'MOBIUS-R50'],
     )
+    parser.add_argument(
+        '--backends', nargs='*', choices=('torch', 'onnxruntime'), default=['torch', 'onnxruntime']
+    )
+    parser.add_argument(
+        '--ort-spinning',
+        action='store_true',
+        help="keep ONNX Runtime's busy-waiting thread pools (its default; see onnx_model.py)",
+    )
     parser.add_argument('--output', default='pruning')
     args = parser.parse_args(argv)
     payload = run_pruning(
@@ -259,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         size=parse_size(args.size),
         timing=TimingConfig(warmup=args.warmup, repeats=args.repeats, threads=args.threads),
         kept_fraction=args.kept_fraction,
+        backends=tuple(args.backends),
+        ort_spinning=args.ort_spinning,
     )
     print(f'wrote {write_results(args.output, payload)}')
     return 0

@@ -1,0 +1,224 @@
+"""Latency budget curve: what the budget controller achieves for a range of budgets.
+
+For each budget a fresh `BudgetController` drives the project's `Predictor` over the exported
+split graphs (ONNX Runtime) for `--frames` frames; the first `--settle` frames (the controller
+learning its cost model) are left out of the statistics. Per budget: achieved p50/p95 of the
+whole frame (letterbox to post-processing), how often the budget was met, queries kept, layers
+executed and the settings chosen.
+
+Random weights do not prune by themselves (every query's confidence clears the thresholds),
+so by default (`--mode forced`) the thresholds are pinned at 1.0 and each ladder rung's
+`min_keep` decides how many queries survive; `--mode thresholds` runs the ladder as shipped.
+
+Run: `python -m bench.budget_curve --variant MOBIUS-mobile-lite --frames 40`
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    RESULTS_DIR,
+    TimingConfig,
+    environment,
+    fix_threads,
+    parse_size,
+    percentile,
+    write_results,
+)
+from mobius_ros.ops.coco_classes import COCO_CLASSES
+
+
+def ladder_for(mode: str, num_layers: int) -> tuple[Any, ...]:
+    """The controller's default ladder; in 'forced' mode with every threshold pinned at 1.0."""
+    from mobius_ros.runtime.budget import default_ladder
+
+    ladder = default_ladder(num_layers)
+    if mode == 'thresholds':
+        return ladder
+    # Threshold 1.0 at every layer: nothing clears it, so exactly min_keep queries survive.
+    return tuple(replace(p, lower=1.0, upper=1.0) if p.enabled else p for p in ladder)
+
+
+def run_frames(predictor: Any, text: Any, image: np.ndarray, frames: int) -> list[Any]:
+    """`frames` predictions of one image with the 80 COCO names."""
+    return [predictor.predict(image, text, phrases=COCO_CLASSES) for _ in range(frames)]
+
+
+def summarise(budget_ms: float, predictions: list[Any], *, settle: int) -> dict[str, Any]:
+    """Steady-state statistics of one budget's frames."""
+    steady = predictions[settle:]
+    totals = [p.timings_ms['total'] for p in steady]
+    kept = [p.queries_kept[-1] for p in steady]
+    layers = [len(p.queries_kept) for p in steady]
+    settings = Counter(int(p.budget['setting']) for p in steady)
+    p95 = percentile(totals, 95.0)
+    return {
+        'budget_ms': round(budget_ms, 2),
+        'status': 'ok',
+        'frames': len(steady),
+        'p50_ms': round(statistics.median(totals), 2),
+        'p95_ms': round(p95, 2),
+        'met': bool(p95 <= budget_ms),
+        'frames_within_budget': round(sum(t <= budget_ms for t in totals) / len(totals), 3),
+        'reported_infeasible': round(
+            sum(bool(p.budget['infeasible']) for p in steady) / len(steady), 3
+        ),
+        'mean_kept_queries': round(statistics.fmean(kept), 1),
+        'mean_layers': round(statistics.fmean(layers), 2),
+        'settings_chosen': {str(k): v for k, v in sorted(settings.items())},
+        'samples_ms': [round(t, 2) for t in totals],
+        'stage_p50_ms': {
+            stage: round(statistics.median(p.timings_ms[stage] for p in steady), 2)
+            for stage in ('preprocess', 'encoder', 'decoder', 'masks', 'postprocess')
+        },
+    }
+
+
+def default_budgets(fastest_ms: float, slowest_ms: float, count: int) -> list[float]:
+    """From below the fastest setting (infeasible, to show it is reported) to above the slowest."""
+    return [float(b) for b in np.linspace(0.85 * fastest_ms, 1.25 * slowest_ms, count)]
+
+
+def run_budget_curve(
+    *,
+    variant: str,
+    size: tuple[int, int],
+    timing: TimingConfig,
+    frames: int,
+    settle: int,
+    budgets: list[float] | None,
+    mode: str,
+    image_hw: tuple[int, int],
+) -> dict[str, Any]:
+    """Calibrate the extremes, then run the controller at each budget."""
+    from bench.onnx_model import export_variant
+    from mobius_ros.runtime.budget import BudgetController
+    from mobius_ros.runtime.predictor import Predictor
+
+    fix_threads(timing.threads)
+    env = environment(timing)
+    exported = export_variant(variant, size, threads=timing.threads)
+    image = (np.random.default_rng(0).random((*image_hw, 3)) * 255).astype(np.uint8)
+    ladder = ladder_for(mode, exported.num_layers)
+
+    def predictor_with(budget: Any) -> Any:
+        return Predictor(exported.runners, input_size=exported.input_size, budget=budget)
+
+    # The extremes of the ladder, measured without the controller, bound the useful budgets.
+    extremes = {}
+    for label, rung in (('slowest', ladder[0]), ('fastest', ladder[-1])):
+        predictor = predictor_with(None)
+        predictor.configure(pruning=rung)
+        out = run_frames(predictor, exported.text, image, timing.warmup + timing.repeats)
+        totals = [p.timings_ms['total'] for p in out[timing.warmup :]]
+        extremes[label] = {
+            'p50_ms': round(statistics.median(totals), 2),
+            'queries_kept': list(out[-1].queries_kept),
+        }
+        print(f'[budget] {label} rung: p50 {extremes[label]["p50_ms"]} ms')
+    if budgets is None:
+        budgets = default_budgets(
+            extremes['fastest']['p50_ms'], extremes['slowest']['p50_ms'], count=7
+        )
+    results = []
+    for budget_ms in budgets:
+        controller = BudgetController(
+            budget_ms, ladder, num_queries=exported.num_queries, num_layers=exported.num_layers
+        )
+        predictions = run_frames(predictor_with(controller), exported.text, image, frames)
+        entry = summarise(budget_ms, predictions, settle=settle)
+        results.append(entry)
+        print(
+            f'[budget] {budget_ms:8.1f} ms: p50 {entry["p50_ms"]:8.1f}  p95 {entry["p95_ms"]:8.1f}'
+            f'  met {entry["met"]}  kept {entry["mean_kept_queries"]}  layers '
+            f'{entry["mean_layers"]}  settings {entry["settings_chosen"]}'
+        )
+    exported.close()
+    return {
+        'benchmark': 'budget_curve',
+        'description': f'{variant}, ONNX Runtime split graphs through mobius_ros Predictor with '
+        f'BudgetController (default ladder, {len(ladder)} rungs), {frames} frames per budget '
+        f'of which the first {settle} are left out, image {image_hw[0]}x{image_hw[1]} '
+        'letterboxed, 80 COCO names cached. "met": steady-state p95 <= budget.',
+        'note': 'Mode "forced": thresholds pinned at 1.0, so each rung keeps exactly its '
+        'min_keep (random weights clear every threshold by themselves).'
+        if mode == 'forced'
+        else 'Mode "thresholds": the ladder as shipped, on random weights.',
+        'variant': variant,
+        'mode': mode,
+        'input_hw': list(size),
+        'ladder': [p.to_dict() for p in ladder],
+        'extremes': extremes,
+        'environment': env,
+        'results': results,
+    }
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Achieved p50/p95 against the budget, with queries kept on a second axis."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = payload['results']
+    budgets = [r['budget_ms'] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(budgets, [r['p50_ms'] for r in rows], 'o-', label='achieved p50')
+    ax.plot(budgets, [r['p95_ms'] for r in rows], 's-', label='achieved p95')
+    ax.plot(budgets, budgets, 'k--', linewidth=0.8, label='budget')
+    ax.set_xlabel('latency budget (ms)')
+    ax.set_ylabel('frame latency (ms)')
+    kept_axis = ax.twinx()
+    kept_axis.plot(budgets, [r['mean_kept_queries'] for r in rows], 'g^:', label='queries kept')
+    kept_axis.set_ylabel('queries kept (last layer)', color='g')
+    ax.set_title(f'{payload["variant"]}: budget controller on ONNX Runtime')
+    lines = ax.get_legend_handles_labels()
+    more = kept_axis.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc='upper left', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--variant', default='MOBIUS-mobile-lite')
+    parser.add_argument('--size', default='384x512', help='canvas HxW')
+    parser.add_argument('--image', default='480x640', help='camera image HxW (letterboxed)')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--frames', type=int, default=40)
+    parser.add_argument('--settle', type=int, default=10)
+    parser.add_argument('--calibration-frames', type=int, default=6)
+    parser.add_argument('--budgets', type=float, nargs='*', default=None, help='ms; default: auto')
+    parser.add_argument('--mode', choices=('forced', 'thresholds'), default='forced')
+    parser.add_argument('--output', default='budget_curve')
+    args = parser.parse_args(argv)
+    if args.settle >= args.frames:
+        parser.error('--settle must be smaller than --frames')
+    payload = run_budget_curve(
+        variant=args.variant,
+        size=parse_size(args.size),
+        timing=TimingConfig(warmup=2, repeats=args.calibration_frames, threads=args.threads),
+        frames=args.frames,
+        settle=args.settle,
+        budgets=args.budgets,
+        mode=args.mode,
+        image_hw=parse_size(args.image),
+    )
+    path = write_results(args.output, payload)
+    plot(payload, RESULTS_DIR / f'{args.output}.png')
+    print(f'wrote {path} and {args.output}.png')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

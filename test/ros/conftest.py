@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 # Before anything imports rclpy: this run's own DDS domain, discovery on loopback only.
-os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+os.environ['ROS_DOMAIN_ID'] = str(100 + os.getpid() % 100)
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 

@@ -126,6 +126,15 @@ def test_other_encodings_are_segmented(
     assert (out.height, out.width) == (HEIGHT, WIDTH)
 
 
+def test_debug_image_is_drawn_for_subscribers(node: NodeProcess, ros_client: Client) -> None:
+    from sensor_msgs.msg import Image
+
+    debug = ros_client.subscribe(Image, _topic('debug_image'))
+    out = _publish_until(ros_client, _image(_picture(), stamp=25), debug, 25)
+    assert (out.height, out.width, out.encoding) == (HEIGHT, WIDTH, 'rgb8')
+    assert out.header.frame_id == 'camera_optical'
+
+
 def test_bad_frames_are_skipped_and_the_next_good_one_processed(
     node: NodeProcess, ros_client: Client
 ) -> None:

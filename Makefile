@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): setup.py requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,ros]'
+	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,ros,fastervit]'
 	touch $(STAMP)
 
 venv: $(STAMP)

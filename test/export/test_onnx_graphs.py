@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Exported
+from export_fixture import Exported
 
 from mobius_ros.export import io_spec
 

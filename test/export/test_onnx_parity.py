@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CANVAS, Exported
+from export_fixture import CANVAS, Exported
 
 from mobius_ros.export import io_spec
 from mobius_ros.model.pruning import PruningConfig

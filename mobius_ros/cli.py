@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 # name -> (module under mobius_ros.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,7 +38,7 @@ def build_parser(names: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(module: str):  # noqa: ANN202 - a command module
+def _load(module: str) -> ModuleType:
     return importlib.import_module(f'mobius_ros.commands.{module}')
 
 

@@ -131,7 +131,9 @@ class Segmenter:
         self._predictor = Predictor(runners, input_size=config.input_size, settings=settings)
         if config.latency_budget_ms is not None:
             self._predictor.budget = self._make_budget(config.latency_budget_ms)
-        self._cache = TextEmbeddingCache(encoder.encode, encoder.identity, config.cache_dir)
+        # An empty cache_dir (e.g. an unset ROS parameter) means memory only, not the cwd.
+        cache_dir = config.cache_dir or None
+        self._cache = TextEmbeddingCache(encoder.encode, encoder.identity, cache_dir)
         self._active: _Active | None = None
         self.set_agnostic()
 

@@ -98,7 +98,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 
 def fix_threads(threads: int) -> None:
-    """Pin intra-op threads for torch (ONNX Runtime gets them via `ort_session_options`).
+    """Pin intra-op threads for torch (ONNX Runtime runners take them per session).
 
     Environment variables are set too so that libraries started later (OpenMP in numpy/cv2)
     agree; they only take effect for pools not yet created, hence call this first.
@@ -115,18 +115,6 @@ def fix_threads(threads: int) -> None:
         # Raises once parallel work has started; the intra-op count set above still holds.
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
-
-
-def ort_session_options(threads: int) -> Any:
-    """ONNX Runtime session options with the same thread count as torch."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
 
 
 def time_interleaved(

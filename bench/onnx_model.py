@@ -98,20 +98,20 @@ def export_variant(
     *,
     threads: int,
     spinning: bool = False,
+    stand_in_text: bool = False,
     cache: Path = EXPORT_CACHE,
     seed: int = 0,
 ) -> ExportedVariant:
     """Build `variant` on random weights, export it (or reuse the export), open ORT runners."""
     import torch
 
+    from bench.ours import build_model_for_bench
     from mobius_ros.export.onnx import ExportOptions, export_key, export_model
-    from mobius_ros.model.variants import build_model
     from mobius_ros.runtime.exported import ExportedModel
     from mobius_ros.runtime.predictor import TextInputs
     from mobius_ros.runtime.vocabulary import TextBatch
 
-    torch.manual_seed(seed)
-    model = build_model(variant, backbone={'image_size': tuple(size)}).eval()
+    model = build_model_for_bench(variant, size, stand_in_text=stand_in_text, seed=seed)
     options = ExportOptions(input_size=tuple(size), referring=False, full=True, text_encoder=False)
     directory = cache / f'{variant}-{size[0]}x{size[1]}-{export_key(model, options)}'
     if not (directory / 'model.json').exists():

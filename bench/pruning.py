@@ -166,12 +166,15 @@ def _onnx_rows(
     *,
     threads: int,
     spinning: bool,
+    stand_in_text: bool,
     params: float,
 ) -> dict[str, _Row]:
     """ONNX Runtime rows: the single full graph, and the split graphs under each setting."""
     from bench.onnx_model import export_variant, full_runner, split_runner
 
-    exported = export_variant(variant, size, threads=threads, spinning=spinning)
+    exported = export_variant(
+        variant, size, threads=threads, spinning=spinning, stand_in_text=stand_in_text
+    )
     full_key = 'onnxruntime: full graph'
     rows = {
         full_key: _Row(
@@ -201,9 +204,10 @@ def measure_variant(
     kept_fraction: float,
     backends: tuple[str, ...],
     ort_spinning: bool = False,
+    stand_in_text: bool = False,
 ) -> list[dict[str, Any]]:
     """Entries for one variant (both backends, its GLEE counterpart), one interleaved run."""
-    built = build_mobius(variant, size)
+    built = build_mobius(variant, size, stand_in_text=stand_in_text)
     settings = settings_for(built.model.decoder.num_queries, kept_fraction=kept_fraction)
     counts = {s.label: count(built, s.pruning) for s in settings}
     params = params_m(built.model)
@@ -233,6 +237,7 @@ def measure_variant(
                     counts,
                     threads=timing.threads,
                     spinning=ort_spinning,
+                    stand_in_text=stand_in_text,
                     params=params,
                 )
             )
@@ -287,6 +292,7 @@ def run_pruning(
     kept_fraction: float,
     backends: tuple[str, ...],
     ort_spinning: bool = False,
+    stand_in_text: bool = False,
 ) -> dict[str, Any]:
     """Measure every variant; a variant that cannot be built is recorded as skipped."""
     fix_threads(timing.threads)
@@ -301,6 +307,7 @@ def run_pruning(
                 kept_fraction=kept_fraction,
                 backends=backends,
                 ort_spinning=ort_spinning,
+                stand_in_text=stand_in_text,
             )
         except Exception as error:  # e.g. MOBIUS-0 without the optional fastervit package
             skip = Skipped(variant, f'{type(error).__name__}: {error}'[:500])
@@ -323,6 +330,7 @@ def run_pruning(
         'prune nothing on variants with Q = 100.',
         'backends': list(backends),
         'ort_spinning': ort_spinning,
+        'stand_in_text': stand_in_text,
         'input_hw': list(size),
         'kept_fraction': kept_fraction,
         'environment': env,
@@ -362,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         action='store_true',
         help="keep ONNX Runtime's busy-waiting thread pools (its default; see onnx_model.py)",
     )
+    parser.add_argument(
+        '--stand-in-text',
+        action='store_true',
+        help='random-init text tower of the same width instead of the variant one (cached '
+        'text: only D and T matter per frame); for machines without the MiniLM wheel',
+    )
     parser.add_argument('--output', default='pruning')
     args = parser.parse_args(argv)
     payload = run_pruning(
@@ -371,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         kept_fraction=args.kept_fraction,
         backends=tuple(args.backends),
         ort_spinning=args.ort_spinning,
+        stand_in_text=args.stand_in_text,
     )
     print(f'wrote {write_results(args.output, payload)}')
     return 0

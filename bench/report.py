@@ -69,7 +69,15 @@ def _skipped_rows(results: Sequence[Mapping[str, Any]], width: int) -> list[list
 def render_peers(payload: Mapping[str, Any]) -> list[str]:
     """Peers next to MOBIUS: latency and the paired ratio to the reference model."""
     reference = payload.get('reference') or 'reference (missing)'
-    header = ['model', 'params (M)', 'median ms', 'p95 ms', f'x {reference}', 'text per frame']
+    header = [
+        'model',
+        'params (M)',
+        'median ms',
+        'p95 ms',
+        f'x {reference}',
+        'x (fastest runs)',
+        'text per frame',
+    ]
     rows = []
     for entry in payload['results']:
         if entry.get('status') != 'ok':
@@ -82,6 +90,7 @@ def render_peers(payload: Mapping[str, Any]) -> list[str]:
                 _fmt(entry['median_ms']),
                 _fmt(entry['p95_ms']),
                 _fmt(entry.get('ratio_to_reference'), 2),
+                _fmt(entry.get('ratio_min_to_reference'), 2),
                 _fmt(entry.get('text')),
             ]
         )

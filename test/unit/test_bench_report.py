@@ -47,6 +47,7 @@ def _peers() -> dict[str, Any]:
                 'median_ms': 43.21,
                 'p95_ms': 50.0,
                 'ratio_to_reference': 0.4279,
+                'ratio_min_to_reference': 0.5051,
                 'text': 'closed-set',
             },
             {
@@ -127,7 +128,7 @@ def _rows(markdown: str, first_cell: str) -> list[list[str]]:
 def test_peers_table_carries_numbers_and_ratios_from_json() -> None:
     report = build_report({'peers': _peers()})
     (yolo,) = _rows(report, 'YOLOv8n-seg')
-    assert yolo[1:5] == ['3.4', '43.2', '50.0', '0.43']
+    assert yolo[1:] == ['3.4', '43.2', '50.0', '0.43', '0.51', 'closed-set']
     assert _rows(report, '**MOBIUS-mobile-lite**'), 'our models are highlighted'
     assert 'x MOBIUS-mobile-lite' in report
     assert 'Fixture CPU 9000, 2 threads, input 384x512' in report

@@ -6,9 +6,9 @@ learning its cost model) are left out of the statistics. Per budget: achieved p5
 whole frame (letterbox to post-processing), how often the budget was met, queries kept, layers
 executed and the settings chosen.
 
-Random weights do not prune by themselves (every query's confidence clears the thresholds),
-so by default (`--mode forced`) the thresholds are pinned at 1.0 and each ladder rung's
-`min_keep` decides how many queries survive; `--mode thresholds` runs the ladder as shipped.
+The ladder is the controller's default (`--mode thresholds`). On random weights the class head
+sits at the focal-loss prior (confidence about 0.01), below every threshold, so each rung keeps
+about its `min_keep`; `--mode forced` pins the thresholds at 1.0 so that it keeps exactly that.
 
 Run: `python -m bench.budget_curve --variant MOBIUS-mobile-lite --frames 40`
 """
@@ -149,10 +149,10 @@ def run_budget_curve(
         f'BudgetController (default ladder, {len(ladder)} rungs), {frames} frames per budget '
         f'of which the first {settle} are left out, image {image_hw[0]}x{image_hw[1]} '
         'letterboxed, 80 COCO names cached. "met": steady-state p95 <= budget.',
-        'note': 'Mode "forced": thresholds pinned at 1.0, so each rung keeps exactly its '
-        'min_keep (random weights clear every threshold by themselves).'
+        'note': 'Mode "forced": thresholds pinned at 1.0, so each rung keeps exactly its min_keep.'
         if mode == 'forced'
-        else 'Mode "thresholds": the ladder as shipped, on random weights.',
+        else 'Mode "thresholds": the ladder as shipped; on random weights the class head sits at '
+        'the focal-loss prior (confidence about 0.01), so each rung keeps about its min_keep.',
         'variant': variant,
         'mode': mode,
         'stand_in_text': stand_in_text,
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--settle', type=int, default=10)
     parser.add_argument('--calibration-frames', type=int, default=6)
     parser.add_argument('--budgets', type=float, nargs='*', default=None, help='ms; default: auto')
-    parser.add_argument('--mode', choices=('forced', 'thresholds'), default='forced')
+    parser.add_argument('--mode', choices=('thresholds', 'forced'), default='thresholds')
     parser.add_argument(
         '--stand-in-text',
         action='store_true',

@@ -3,17 +3,19 @@
 For each MOBIUS variant, in one interleaved run per variant (so ratios are paired):
 - `full`: every decoder layer on all Q queries (pruning off);
 - `Tab. 14 defaults`: sigmoid, lower 0.05, upper 0.2, min_keep 100, as the robot runs it;
-- `forced`: the thresholds pinned at 1.0 so that exactly `min_keep = Q / 3` queries survive the
-  first layer (100 of 300). Random weights do not prune by themselves (their confidences carry
-  no signal and min_keep decides), so this is the controlled stand-in for a trained model
-  whose thresholds bite at the first layer;
+- `forced`: the thresholds pinned at 1.0 so that exactly `min_keep = Q / 3` queries survive
+  every layer (100 of 300; 33 of 100 for the Q = 100 mobile-lite, where the Tab. 14 defaults'
+  min_keep of 100 prunes nothing). Random weights are not a trained model: the class head
+  starts at the focal-loss prior (confidence about 0.01), below every threshold, so with the
+  defaults min_keep decides too, plus the few random queries that clear 0.05;
 - the GLEE-style configuration on the same backbone (all-scale encoder over strides 8-64,
   fusion over all tokens, 9-layer multi-scale decoder) where one is paired with the variant.
 
-Decoder MACs (decoder layers + their heads + mask head, live ops only) come from
-`mobius_ros.model.flops.count_macs` on the same forward. Two backends: the PyTorch model
-(`Mobius.forward`) and ONNX Runtime on the exported graphs (`bench/onnx_model.py`): the single
-full graph vs the split graphs with the predictor's host pruning loop.
+Decoder MACs (the FLOPs table's "transformer decoder": two-stage selection, layers, heads, mask
+head; live ops only) come from `mobius_ros.model.flops.count_model_forward` on the same
+forward. Two backends: the PyTorch model (`Mobius.forward`) and ONNX Runtime on the exported
+graphs (`bench/onnx_model.py`): the single full graph vs the split graphs with the predictor's
+host pruning loop.
 
 Run: `python -m bench.pruning --size 384x512 --threads 2 --repeats 8`
 """
@@ -74,44 +76,23 @@ def settings_for(num_queries: int, *, kept_fraction: float) -> list[Setting]:
     ]
 
 
-def decoder_components(model: Any) -> dict[str, Any]:
-    """MAC-counter components; 'decoder' is the per-layer work that pruning shrinks."""
-    decoder = model.decoder
-    return {
-        'backbone': model.backbone,
-        'pixel_decoder': model.pixel_decoder,
-        'decoder': [
-            *decoder.layers,
-            *decoder.box_heads,
-            decoder.ref_point_head,
-            decoder.norm,
-            decoder.class_head,
-        ],
-        'mask_head': model.mask_embed,
-    }
-
-
 def count(built: Built, pruning: Any) -> dict[str, Any]:
-    """Live GMACs per component and the queries that survived each layer, for one forward."""
+    """Live GMACs per component (the FLOPs table's split) and the survivors of each layer.
+
+    `DECODER` is the paper's "transformer decoder": two-stage selection, the layers, their
+    heads and the mask head, counted only where their work reaches the final outputs.
+    """
     import torch
 
-    from mobius_ros.model.flops import count_macs, giga
+    from mobius_ros.model.flops import DECODER, count_model_forward, giga
 
-    def forward() -> Any:
-        return built.model(built.images, built.text, pruning=pruning)
-
-    def kept_outputs(out: Any) -> tuple[Any, ...]:
-        last = out.layers[-1]
-        return last.logits, last.boxes, last.masks
-
-    report = count_macs(forward, decoder_components(built.model), outputs=kept_outputs)
     with torch.no_grad():
-        out = forward()
+        macs = count_model_forward(built.model, built.images, built.text, pruning=pruning)
     return {
-        'decoder_gmacs': round(giga(report.get('decoder') + report.get('mask_head')), 4),
-        'total_gmacs': round(giga(report.total), 3),
-        'gmacs_by_component': {k: round(giga(v), 4) for k, v in report.by_component.items()},
-        'kept_per_layer': [int(layer.logits.shape[1]) for layer in out.layers],
+        'decoder_gmacs': round(giga(macs.components[DECODER]), 4),
+        'total_gmacs': round(giga(macs.total), 3),
+        'gmacs_by_component': {k: round(v, 4) for k, v in macs.giga().items()},
+        'kept_per_layer': list(macs.queries_per_layer),
     }
 
 
@@ -322,12 +303,15 @@ def run_pruning(
         'single full graph or encoder + per-layer decoder graphs + mask head with the '
         "predictor's host pruning loop (pre/post-processing excluded in both). latency_ratio: "
         'paired, vs the same backend with pruning off (torch) or the full graph (onnxruntime); '
-        'GLEE rows: vs the MOBIUS variant on the same backbone (torch). decoder MACs = decoder '
-        'layers + their heads + mask head, live ops only (mobius_ros.model.flops).',
-        'note': 'Random weights do not prune by themselves: "forced" pins the thresholds at 1.0 '
-        'so exactly min_keep = Q/3 queries survive the first layer, what a trained model whose '
-        'thresholds bite early does. "Tab. 14 defaults" keep min_keep = 100 here, so they '
-        'prune nothing on variants with Q = 100.',
+        'GLEE rows: vs the MOBIUS variant on the same backbone (torch). decoder MACs: the '
+        '"transformer decoder" component of mobius_ros.model.flops (two-stage selection, '
+        'layers, heads, mask head), live ops only.',
+        'note': 'Random weights: the class head starts at the focal-loss prior (confidence about '
+        '0.01), below every threshold, so pruning keeps about min_keep queries (Tab. 14: 100) '
+        'whatever the image, the regime of a trained model on background queries. "forced" pins '
+        'the thresholds at 1.0 so exactly min_keep = Q/3 survive (33 of 100 on mobile-lite, '
+        "where min_keep 100 prunes nothing). Pruning with thresholds makes every layer's class "
+        'head live, hence decoder MACs slightly above the unpruned count when nothing is pruned.',
         'backends': list(backends),
         'ort_spinning': ort_spinning,
         'stand_in_text': stand_in_text,

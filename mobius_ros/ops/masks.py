@@ -203,19 +203,71 @@ def paste_masks(
     n, h, w = mask_logits.shape
     H, W = image_hw
     ch, cw = canvas_hw if canvas_hw is not None else (4 * h, 4 * w)
-    sy, sx = h / ch, w / cw  # low-res cells per canvas pixel
-    pad_y, pad_x = pad
     # low-res coordinate of original pixel centre x: ((x + 0.5) * scale + pad_x) * sx - 0.5
-    matrix = np.array(
-        [
-            [scale * sx, 0.0, (0.5 * scale + pad_x) * sx - 0.5],
-            [0.0, scale * sy, (0.5 * scale + pad_y) * sy - 0.5],
-        ],
-        np.float64,
-    )
-    out = np.zeros((n, H, W), bool)
+    #   = ax * x + 0.5 * ax - 0.5 + ox, with ax = scale * sx and ox = pad_x * sx.
+    ay, ax = scale * h / ch, scale * w / cw
+    oy, ox = pad[0] * h / ch, pad[1] * w / cw
+    out = np.empty((n, H, W), bool)
+    if n == 0:
+        return out
+    if oy == round(oy) and ox == round(ox):
+        _paste_by_resize(
+            mask_logits, out, step=(ay, ax), offset=(round(oy), round(ox)), thr=threshold
+        )
+    else:
+        _paste_by_warp(mask_logits, out, step=(ay, ax), offset=(oy, ox), thr=threshold)
+    return out
+
+
+def _paste_by_resize(
+    mask_logits: np.ndarray,
+    out: np.ndarray,
+    *,
+    step: tuple[float, float],
+    offset: tuple[int, int],
+    thr: float,
+) -> None:
+    # cv2.resize given fx/fy (and no dsize) samples source (x + 0.5) / fx - 0.5: exactly our
+    # mapping once the crop starts at the whole-cell offset. One call per mask beats both
+    # warpAffine (~4x slower, fixed-point coordinates) and resizing an [h, w, N] stack (the
+    # transposes in and out cost more than the resize).
+    _, H, W = out.shape
+    (ay, ax), (y0, x0) = step, offset
+    # Last low-res cell the bilinear kernel touches, +1 so the edge clamp never moves.
+    y1 = min(mask_logits.shape[1], int(np.floor(y0 + ay * H)) + 2)
+    x1 = min(mask_logits.shape[2], int(np.floor(x0 + ax * W)) + 2)
+    crops = mask_logits[:, y0:y1, x0:x1]
+    for i in range(crops.shape[0]):
+        resized = cv2.resize(
+            np.ascontiguousarray(crops[i], np.float32),
+            (0, 0),
+            fx=1.0 / ax,
+            fy=1.0 / ay,
+            interpolation=cv2.INTER_LINEAR,
+        )
+        if resized.shape[0] < H or resized.shape[1] < W:
+            raise ValueError(
+                f'masks of {mask_logits.shape[1:]} on the canvas do not cover an image of '
+                f'{(H, W)} at scale {1 / ax:.4g}: wrong scale or canvas_hw'
+            )
+        np.greater(resized[:H, :W], thr, out=out[i])
+
+
+def _paste_by_warp(
+    mask_logits: np.ndarray,
+    out: np.ndarray,
+    *,
+    step: tuple[float, float],
+    offset: tuple[float, float],
+    thr: float,
+) -> None:
+    # A centred letterbox can put the image at a fractional low-res cell; only an affine warp
+    # samples that exactly.
+    _, H, W = out.shape
+    (ay, ax), (oy, ox) = step, offset
+    matrix = np.array([[ax, 0.0, 0.5 * ax - 0.5 + ox], [0.0, ay, 0.5 * ay - 0.5 + oy]], np.float64)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    for i in range(n):
+    for i in range(mask_logits.shape[0]):
         resampled = cv2.warpAffine(
             np.ascontiguousarray(mask_logits[i], np.float32),
             matrix,
@@ -223,5 +275,4 @@ def paste_masks(
             flags=flags,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        out[i] = resampled > threshold
-    return out
+        np.greater(resampled, thr, out=out[i])

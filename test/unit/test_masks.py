@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -121,3 +122,44 @@ def test_letterbox_and_resize_known_values() -> None:
     resized, s = resize_shortest_side(image, 25)
     assert resized.shape == (25, 50, 3) and s == pytest.approx(0.5)
     assert pad_to_multiple(97) == 128 and pad_to_multiple(64) == 64
+
+
+def _bilinear_paste_reference(
+    logits: np.ndarray, image_hw: tuple[int, int], scale: float, pad: tuple[int, int]
+) -> np.ndarray:
+    """Naive bilinear sampling of [N, h, w] stride-4 logits at each original pixel centre."""
+    _, h, w = logits.shape
+    ys = np.clip(((np.arange(image_hw[0]) + 0.5) * scale + pad[0]) / 4 - 0.5, 0, h - 1)
+    xs = np.clip(((np.arange(image_hw[1]) + 0.5) * scale + pad[1]) / 4 - 0.5, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = logits[:, y0][:, :, x0] * (1 - fx) + logits[:, y0][:, :, x1] * fx
+    bottom = logits[:, y1][:, :, x0] * (1 - fx) + logits[:, y1][:, :, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@pytest.mark.parametrize(
+    ('image_hw', 'scale', 'pad'),
+    [
+        ((48, 64), 2.0, (0, 0)),  # upscaling, image fills the canvas
+        ((100, 70), 0.64, (0, 0)),  # downscaling, padded at the right
+        ((80, 60), 1.0, (8, 4)),  # whole-cell offset
+        ((60, 90), 1.0, (5, 2)),  # fractional low-res offset (centred letterbox)
+    ],
+)
+def test_paste_masks_samples_original_pixel_centres(
+    image_hw: tuple[int, int], scale: float, pad: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(1)
+    # Smooth logits so that pixels near the 0 level set are few and well defined.
+    coarse = rng.normal(size=(3, 5, 5)).astype(np.float32)
+    logits = np.stack([cv2.resize(c, (32, 24), interpolation=cv2.INTER_CUBIC) for c in coarse])
+    pasted = paste_masks(logits, image_hw=image_hw, scale=scale, pad=pad, canvas_hw=(96, 128))
+    reference = _bilinear_paste_reference(logits, image_hw, scale, pad)
+    assert pasted.shape == (3, *image_hw)
+    # OpenCV's warp quantises coordinates to 1/32 cell: only pixels at the level set may differ.
+    differs = pasted != (reference > 0)
+    assert not differs[np.abs(reference) > 0.05].any()
+    assert differs.mean() < 1e-3
+    assert paste_masks(logits[:0], image_hw=image_hw, scale=scale, pad=pad).shape == (0, *image_hw)

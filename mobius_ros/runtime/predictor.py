@@ -123,7 +123,8 @@ class DecoderResult:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    # The tanh form never overflows (1 / (1 + exp(-x)) warns for logits below about -88).
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
 class Predictor:
@@ -303,14 +304,17 @@ class Predictor:
         probs = _sigmoid(result.logits.astype(np.float32))  # [Q', K]
         class_ids = probs.argmax(axis=1)
         class_prob = probs[np.arange(probs.shape[0]), class_ids]
-        mask_prob = _sigmoid(result.masks.astype(np.float32))  # [Q', h, w]
-        inside = result.masks > self.settings.mask_threshold
-        area = inside.sum(axis=(1, 2))
-        # Mask quality: how sure the model is of the pixels it claims; an empty mask scores 0.
-        quality = (mask_prob * inside).sum(axis=(1, 2)) / np.maximum(area, 1)
-        scores = class_prob * quality
-        order = np.argsort(-scores, kind='stable')
-        if task is Task.REFERRING:
+        # score = class_prob x quality with quality <= 1, so a query whose class probability is
+        # already below the threshold cannot pass: its masks are never scored.
+        referring = task is Task.REFERRING
+        candidates = np.arange(class_prob.shape[0])
+        if not referring:
+            candidates = np.flatnonzero(class_prob >= score_threshold)
+        candidate_scores = class_prob[candidates] * self._mask_quality(result.masks[candidates])
+        order = candidates[np.argsort(-candidate_scores, kind='stable')]
+        scores = np.zeros_like(class_prob)
+        scores[candidates] = candidate_scores
+        if referring:
             order = order[:1]
         else:
             order = order[scores[order] >= score_threshold][: self.settings.max_detections]
@@ -341,6 +345,24 @@ class Predictor:
             masks=masks,
             image_size=image_size,
             **extra,  # type: ignore[arg-type]
+        )
+
+    def _mask_quality(self, mask_logits: np.ndarray) -> np.ndarray:
+        """[N, h, w] logits -> [N] mean probability inside each mask (0 for an empty mask).
+
+        How sure the model is of the pixels it claims.
+        """
+        n, h, w = mask_logits.shape
+        flat = mask_logits.reshape(n, h * w)
+        inside = flat > self.settings.mask_threshold
+        area = inside.sum(axis=1)
+        # The sigmoid only of the pixels inside (row-major, so grouped by mask): masks cover a
+        # small part of the canvas, and the sigmoid of every pixel was most of this cost.
+        cumulative = np.zeros(int(area.sum()) + 1, np.float64)
+        np.cumsum(_sigmoid(flat[inside].astype(np.float32)), out=cumulative[1:])
+        ends = np.cumsum(area)
+        return ((cumulative[ends] - cumulative[ends - area]) / np.maximum(area, 1)).astype(
+            np.float32
         )
 
     def _choose_pruning(

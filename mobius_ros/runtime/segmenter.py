@@ -11,12 +11,15 @@ checkpoint on first use (which needs torch once); with that folder in place neit
 
 Thread safety: `segment` may run on a worker thread while `set_vocabulary` runs on a service
 thread. The active vocabulary and its text inputs are one immutable object, swapped by a single
-attribute assignment, so a frame sees either the old or the new vocabulary, never a mix.
+attribute assignment, so a frame sees either the old or the new vocabulary, never a mix. Changes
+of the vocabulary are serialised among themselves (an append reads the current vocabulary, so two
+concurrent appends must not both start from the same one); frames never wait for that lock.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -135,6 +138,7 @@ class Segmenter:
         cache_dir = config.cache_dir or None
         self._cache = TextEmbeddingCache(encoder.encode, encoder.identity, cache_dir)
         self._active: _Active | None = None
+        self._swap_lock = threading.Lock()
         self.set_agnostic()
 
     @property
@@ -153,20 +157,22 @@ class Segmenter:
         Raises:
             VocabularyError: empty, too many phrases, blank/overlong phrase, control chars.
         """
-        current = self._active.vocabulary if self._active is not None else None
-        vocabulary = next_vocabulary(
-            current,
-            phrases,
-            append=append,
-            max_phrases=self.config.max_vocabulary,
-            max_chars=self.config.max_phrase_chars,
-        )
-        return self._install(vocabulary)
+        with self._swap_lock:
+            current = self._active.vocabulary if self._active is not None else None
+            vocabulary = next_vocabulary(
+                current,
+                phrases,
+                append=append,
+                max_phrases=self.config.max_vocabulary,
+                max_chars=self.config.max_phrase_chars,
+            )
+            return self._install(vocabulary)
 
     def set_agnostic(self) -> VocabularyUpdate:
         """Install the category-agnostic vocabulary ('object',)."""
-        current = self._active.vocabulary if self._active is not None else None
-        return self._install(agnostic_vocabulary(current))
+        with self._swap_lock:
+            current = self._active.vocabulary if self._active is not None else None
+            return self._install(agnostic_vocabulary(current))
 
     def _install(self, vocabulary: Vocabulary) -> VocabularyUpdate:
         start = time.perf_counter()

@@ -191,3 +191,24 @@ def test_config_validation() -> None:
         SegmenterConfig(input_size=(100, 128))
     with pytest.raises(ValueError):
         SegmenterConfig(build_policy='always')
+
+
+def test_concurrent_appends_are_serialised(segmenter: Segmenter) -> None:
+    # Each append reads the current vocabulary: without serialisation two service calls start
+    # from the same one, and one's phrases are lost and versions repeat.
+    start = segmenter.set_vocabulary(['base']).vocabulary
+    updates: list[int] = []
+
+    def append(worker: int) -> None:
+        for i in range(4):
+            update = segmenter.set_vocabulary([f'thing {worker} {i}'], append=True)
+            updates.append(update.vocabulary.version)
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    phrases = segmenter.vocabulary.phrases
+    assert set(phrases) == {'base'} | {f'thing {w} {i}' for w in range(3) for i in range(4)}
+    assert sorted(updates) == list(range(start.version + 1, start.version + 13))

@@ -182,8 +182,10 @@ class Predictor:
         In referring mode (`task=Task.REFERRING`, one expression) the single best instance is
         returned whatever its score: the expression asserts that its object is there.
         """
-        settings = self.settings
-        pruning, decision = self._choose_pruning(settings.pruning)
+        # One read each: `Segmenter.configure` may replace them from another thread mid-frame,
+        # and a decision must be reported to the controller that made it.
+        settings, budget = self.settings, self.budget
+        pruning, decision = self._choose_pruning(settings.pruning, budget)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         tensor, scale, pad = self.preprocess(image)
@@ -221,8 +223,8 @@ class Predictor:
         timings['postprocess'] = _ms(t)
         timings['total'] = _ms(start)
         prediction.timings_ms.update(timings)
-        if self.budget is not None and decision is not None:
-            report = self.budget.observe(timings, result.queries_kept, decision)
+        if budget is not None and decision is not None:
+            report = budget.observe(timings, result.queries_kept, decision)
             prediction.budget.update(dict(report))
         return prediction
 
@@ -365,12 +367,13 @@ class Predictor:
             np.float32
         )
 
+    @staticmethod
     def _choose_pruning(
-        self, pruning: PruningConfig
+        pruning: PruningConfig, budget: BudgetController | None
     ) -> tuple[PruningConfig, BudgetDecision | None]:
-        if self.budget is None:
+        if budget is None:
             return pruning, None
-        decision = self.budget.choose()
+        decision = budget.choose()
         return decision.pruning, decision
 
     def close(self) -> None:

@@ -1,0 +1,7 @@
+"""`mobius demo`: the node on a live ROS 2 graph with a simulated camera and a service client.
+
+`camera` makes the frames (synthetic test scenes and bundled photos, no rclpy), `launcher`
+starts and stops the node process, `client` is the rclpy side (camera publisher, output
+subscriptions, service calls), `recorder` writes the session's mcap, `report` turns output
+messages into table lines, overlays and `summary.json`, and `session` runs the script.
+"""

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mobius_ros.export import io_spec
+from mobius_ros.export.engine_cache import file_sha256
 from mobius_ros.export.wrappers import (
     DecoderLayerGraph,
     EncoderGraph,
@@ -175,7 +176,7 @@ def _export_into(model: Mobius, out: Path, options: ExportOptions) -> dict[str, 
     for name, (module, args, spec) in graphs.items():
         path = out / spec.filename
         export_graph(module, args, spec, path, opset=options.opset)
-        files[name] = {'file': spec.filename, 'sha256': _sha256(path), **spec.to_dict()}
+        files[name] = {'file': spec.filename, 'sha256': file_sha256(path), **spec.to_dict()}
 
     h, w = options.input_size
     dims = {
@@ -268,11 +269,3 @@ def _options_dict(options: ExportOptions) -> dict[str, Any]:
         'full': options.full,
         'text_encoder': options.text_encoder,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open('rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -8,7 +8,6 @@ open a graph file (ONNX Runtime here; TensorRT engines built from these files).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mobius_ros.export import io_spec
+from mobius_ros.export.engine_cache import file_sha256
 from mobius_ros.runtime.errors import ModelLoadError
 from mobius_ros.runtime.predictor import GraphRunners
 from mobius_ros.runtime.runner import Runner
@@ -70,7 +70,7 @@ class ExportedModel:
             file = directory / graph['file']
             if not file.is_file():
                 raise ModelLoadError(f'graph {name!r} is missing: {file}')
-            if verify_hashes and _sha256(file) != graph['sha256']:
+            if verify_hashes and file_sha256(file) != graph['sha256']:
                 raise ModelLoadError(f'graph {file} does not match the hash in {path}')
         return cls(directory, meta)
 
@@ -186,11 +186,3 @@ def onnxruntime_factory(*, intra_op_threads: int | None = None) -> RunnerFactory
         return OnnxRuntimeRunner(path, intra_op_threads=intra_op_threads, name=name)
 
     return make
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open('rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()

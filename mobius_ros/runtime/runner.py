@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -69,6 +69,41 @@ class Runner(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+_R = TypeVar('_R', bound='RunnerBase')
+
+
+class RunnerBase:
+    """What the concrete runners share: tensor names from their specs, and `with` support.
+
+    Subclasses set `inputs` and `outputs` and define `infer` and `close`.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def check_feeds(
@@ -142,7 +177,7 @@ def _ort_spec(node: object) -> TensorSpec:
     return TensorSpec(node.name, _ORT_DTYPES[type_name], shape)  # type: ignore[attr-defined]
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerBase):
     """Runs one ONNX graph with ONNX Runtime.
 
     Args:
@@ -190,14 +225,6 @@ class OnnxRuntimeRunner:
         self.outputs = tuple(_ort_spec(o) for o in self._session.get_outputs())
         self.providers = tuple(self._session.get_providers())
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.outputs)
-
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph once; returns every output by name."""
         if self._session is None:
@@ -208,17 +235,6 @@ class OnnxRuntimeRunner:
 
     def close(self) -> None:
         self._session = None
-
-    def __enter__(self) -> OnnxRuntimeRunner:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f'OnnxRuntimeRunner({self.name!r}, providers={list(self.providers)})'

@@ -9,14 +9,13 @@ TensorRT, and parity tests compare like with like. torch is imported lazily.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 
 import numpy as np
 
-from mobius_ros.runtime.runner import TensorSpec, check_feeds
+from mobius_ros.runtime.runner import RunnerBase, TensorSpec, check_feeds
 
 
-class TorchRunner:
+class TorchRunner(RunnerBase):
     """Runs a torch module on numpy feeds under `torch.inference_mode`.
 
     Args:
@@ -48,14 +47,6 @@ class TorchRunner:
         self.device = torch.device(device)
         self.name = name
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.outputs)
-
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the module once; returns every output by name as numpy arrays."""
         if self._module is None:
@@ -83,14 +74,3 @@ class TorchRunner:
 
     def close(self) -> None:
         self._module = None
-
-    def __enter__(self) -> TorchRunner:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from mobius_ros.runtime.errors import ModelLoadError, RunnerInputError
-from mobius_ros.runtime.runner import TensorSpec, check_feeds
+from mobius_ros.runtime.runner import RunnerBase, TensorSpec, check_feeds
 
 
 class _Buffer:
@@ -48,7 +47,7 @@ class _Buffer:
         self.device, self.host, self.capacity = None, None, 0
 
 
-class TensorRTRunner:
+class TensorRTRunner(RunnerBase):
     """Runs one serialized TensorRT engine on named numpy feeds.
 
     Args:
@@ -82,6 +81,7 @@ class TensorRTRunner:
         # thread (ROS executors call from worker threads).
         self._context_handle = cuda.Device(device).retain_primary_context()
         self._context_handle.push()
+        loaded = False
         try:
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
@@ -112,16 +112,13 @@ class TensorRTRunner:
             self._buffers = {
                 s.name: _Buffer(cuda, np.dtype(s.dtype)) for s in (*self.inputs, *self.outputs)
             }
+            loaded = True
         finally:
             self._context_handle.pop()
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.outputs)
+            if not loaded:
+                # close() is never called on a runner that failed to construct: release the
+                # retained primary context here, or every refused engine leaks one reference.
+                self._context_handle.detach()
 
     def _check_profile(self, feeds: Mapping[str, np.ndarray]) -> None:
         # TensorRT's own message for a shape outside the profile is a terse log line and a
@@ -198,14 +195,3 @@ class TensorRTRunner:
         finally:
             self._context_handle.pop()
             self._context_handle.detach()
-
-    def __enter__(self) -> TensorRTRunner:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

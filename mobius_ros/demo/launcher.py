@@ -70,8 +70,17 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors='replace') if self.log_path.exists() else ''
 
-    def log_tail(self, lines: int = 25) -> str:
-        return '\n'.join(self.log().splitlines()[-lines:])
+    def excerpt(self, lines: int = 12) -> str:
+        """The node's last error with the last lines of its traceback, else the log's tail."""
+        log = self.log().splitlines()
+        errors = [n for n, line in enumerate(log) if line.startswith(('[ERROR]', '[FATAL]'))]
+        if not errors:
+            return '\n'.join(log[-lines:])
+        first = log[errors[-1]]
+        rest = [line for line in log[errors[-1] + 1 :] if line.strip()]
+        if len(rest) > lines - 1:  # a traceback: its end says what went wrong
+            rest = ['  ...', *rest[-(lines - 2) :]]
+        return '\n'.join([first, *rest])
 
     def alive(self) -> bool:
         return self.process.poll() is None

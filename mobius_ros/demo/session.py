@@ -315,7 +315,8 @@ def _with_node(
 ) -> dict[str, Any]:
     reason = node.wait_ready(options.start_timeout_s)
     if reason is not None:
-        raise DemoError(f'{reason}; node log {node.log_path}:\n{node.log_tail()}')
+        model = options.checkpoint or 'the bundled demo model'
+        raise DemoError(f'{reason} ({model}); node log {node.log_path}:\n{node.excerpt()}')
     echo(f'node: active (log {node.log_path})')
     from mobius_ros.demo.client import DemoClient, ServiceError
     from mobius_ros.demo.recorder import SessionRecorder
@@ -331,7 +332,7 @@ def _with_node(
             )
         summary = _script(options, client, session, frames, query_frame, expression, node)
     except ServiceError as error:
-        raise DemoError(f'{error}; node log {node.log_path}:\n{node.log_tail()}') from error
+        raise DemoError(f'{error}; node log {node.log_path}:\n{node.excerpt()}') from error
     finally:
         client.close()
         bag = recorder.close(keep=True)
@@ -412,7 +413,7 @@ def _script(
     code = node.stop()
     if code != 0:
         raise DemoError(
-            f'the node exited with code {code}; log {node.log_path}:\n{node.log_tail()}'
+            f'the node exited with code {code}; log {node.log_path}:\n{node.excerpt()}'
         )
     records = sorted(session.records, key=lambda r: r['frame'])
     latencies = [r['latency_ms'] for r in records]

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mobius_ros.demo import report
@@ -34,6 +33,7 @@ from mobius_ros.demo.camera import (
     referring_query,
 )
 from mobius_ros.demo.launcher import NodeProcess, private_graph, start_node
+from mobius_ros.demo.steps import Session, ask, last_diagnostics, play, vocabulary_reply
 
 NAMESPACE = '/mobius_demo'
 DEFAULT_INPUT_SIZE = (160, 224)
@@ -112,140 +112,6 @@ def _interfaces() -> dict[str, str]:
     return install.environment()
 
 
-class _Session:
-    """State of one run: frames by stamp, per-frame records, overlays written."""
-
-    def __init__(self, options: DemoOptions, echo: Callable[[str], None]) -> None:
-        self.options = options
-        self.echo = echo
-        self.overlays = options.out / 'overlays'
-        self.overlays.mkdir(parents=True, exist_ok=True)
-        for old in self.overlays.glob('*.png'):
-            old.unlink()  # a rerun must not leave the previous session's pictures behind
-        self.sent: dict[tuple[int, int], tuple[int, DemoFrame]] = {}
-        self.records: list[dict[str, Any]] = []
-
-    def on_message(self, key: str, msg: Any) -> None:
-        if key != 'segmentation':
-            return
-        from mobius_ros.demo.client import stamp_key
-
-        found = self.sent.get(stamp_key(msg.header))
-        if found is None:
-            return
-        index, frame = found
-        prediction = report.prediction_from_message(msg)
-        self.echo(
-            report.table_line(
-                index,
-                frame.name,
-                prediction,
-                latency_ms=msg.latency_ms,
-                budget_ms=self.options.budget_ms,
-            )
-        )
-        name = f'{index:03d}_{frame.name}.png'
-        self.write_overlay(name, frame.image, prediction)
-        self.records.append(_record(index, frame, prediction, msg, self.options.budget_ms, name))
-
-    def write_overlay(self, name: str, image: np.ndarray, prediction: Any) -> None:
-        from mobius_ros.runtime.overlay import draw_prediction
-
-        picture = draw_prediction(image, prediction)
-        cv2.imwrite(str(self.overlays / name), np.ascontiguousarray(picture[..., ::-1]))
-
-
-def _record(
-    index: int, frame: DemoFrame, prediction: Any, msg: Any, budget: float | None, overlay: str
-) -> dict[str, Any]:
-    return {
-        'frame': index,
-        'source': frame.name,
-        'kind': frame.kind,
-        'task': prediction.task.value,
-        'objects': [
-            {'phrase': label, 'score': round(float(score), 4)}
-            for label, score in zip(prediction.labels, prediction.scores)
-        ],
-        'latency_ms': round(float(msg.latency_ms), 2),
-        'inference_ms': round(float(msg.inference_ms), 2),
-        'queries_kept': list(prediction.queries_kept),
-        'budget_met': report.budget_met(float(msg.latency_ms), budget),
-        'overlay': f'overlays/{overlay}',
-    }
-
-
-def _play(
-    client: Any, session: _Session, frames: list[tuple[int, DemoFrame]], rate_hz: float
-) -> int:
-    """Publish `frames` at `rate_hz`, then wait for the last one's output; how many answered."""
-    if not frames:
-        return 0
-    start = time.monotonic()
-    for k, (index, frame) in enumerate(frames):
-        client.wait(lambda k=k: time.monotonic() >= start + k / rate_hz, timeout=1 / rate_hz + 1)
-        session.sent[client.publish_image(frame.image)] = (index, frame)
-    last = max(index for index, _ in frames)
-    answered = {r['frame'] for r in session.records}
-    # The node keeps only the newest frame, so once the last one is answered nothing is pending.
-    client.wait(lambda: last in {r['frame'] for r in session.records}, timeout=30.0)
-    return len({r['frame'] for r in session.records} - answered)
-
-
-def _vocabulary_reply(reply: Any) -> dict[str, Any]:
-    return {
-        'success': bool(reply.success),
-        'message': reply.message,
-        'phrases': list(reply.phrases),
-        'vocabulary_version': int(reply.vocabulary_version),
-        'task': reply.task,
-        'encode_ms': round(float(reply.encode_ms), 2),
-        'cache_hits': int(reply.cache_hits),
-        'encoded': int(reply.encoded),
-    }
-
-
-def _ask(client: Any, session: _Session, frame: DemoFrame, label: str, **query: Any) -> dict:
-    """One `segment` call on `frame`'s image; prints its line, writes its overlay."""
-    request = client.request('mobius_ros_msgs/srv/Segment', **query)
-    request.image = client.image_message(frame.image)
-    reply = client.call('mobius_ros_msgs/srv/Segment', 'segment', request, timeout=120.0)
-    answer: dict[str, Any] = {
-        'frame': frame.name,
-        **query,
-        'answered': True,
-        'success': bool(reply.success),
-        'message': reply.message,
-    }
-    if not reply.success:
-        session.echo(f'{label:>7}  {frame.name:<11} refused: {reply.message}')
-        return answer
-    prediction = report.prediction_from_message(reply.result)
-    session.echo(
-        report.table_line(
-            label,
-            frame.name,
-            prediction,
-            latency_ms=reply.result.latency_ms,
-            budget_ms=session.options.budget_ms,
-        )
-    )
-    name = f'{label}_{frame.name}.png'
-    session.write_overlay(name, frame.image, prediction)
-    answer.update(
-        instances=len(prediction),
-        objects=[
-            {'phrase': p, 'score': round(float(s), 4)}
-            for p, s in zip(prediction.labels, prediction.scores)
-        ],
-        latency_ms=round(float(reply.result.latency_ms), 2),
-        queries_kept=list(prediction.queries_kept),
-        overlay=f'overlays/{name}',
-        prediction=prediction,
-    )
-    return answer
-
-
 def run_demo(options: DemoOptions, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also written to `<out>/summary.json`).
 
@@ -321,7 +187,7 @@ def _with_node(
     from mobius_ros.demo.client import DemoClient, ServiceError
     from mobius_ros.demo.recorder import SessionRecorder
 
-    session = _Session(options, echo)
+    session = Session(Path(options.out), options.budget_ms, echo)
     recorder = SessionRecorder(Path(options.out) / 'session_mcap')
     client = DemoClient(NAMESPACE, recorder, on_message=session.on_message)
     try:
@@ -343,7 +209,7 @@ def _with_node(
 def _script(
     options: DemoOptions,
     client: Any,
-    session: _Session,
+    session: Session,
     frames: list[DemoFrame],
     query_frame: DemoFrame,
     expression: dict,
@@ -357,14 +223,14 @@ def _script(
         'set_vocabulary',
         client.request('mobius_ros_msgs/srv/SetVocabulary', phrases=list(DEMO_VOCABULARY)),
     )
-    vocabulary = _vocabulary_reply(reply)
+    vocabulary = vocabulary_reply(reply)
     echo(f'set_vocabulary: {reply.message} (version {reply.vocabulary_version})')
     half = len(frames) // 2
     indexed = list(enumerate(frames))
     echo(report.HEADER)
-    _play(client, session, indexed[:half], options.rate_hz)
+    play(client, session, indexed[:half], options.rate_hz)
 
-    referring = _ask(client, session, query_frame, 'refer', expression=expression['sentence'])
+    referring = ask(client, session, query_frame, 'refer', expression=expression['sentence'])
     referring['expression_kind'] = expression['kind']
     prediction = referring.pop('prediction', None)
     if prediction is not None and query_frame.scene is not None:
@@ -375,7 +241,7 @@ def _script(
             f'       referring "{expression["sentence"]}": IoU with the true instance'
             f' {referring["iou_with_target"]:.2f}'
         )
-    one_shot = _ask(
+    one_shot = ask(
         client, session, query_frame, 'oneshot', phrases=colour_phrases(query_frame.scene)
     )
     one_shot.pop('prediction', None)
@@ -385,9 +251,9 @@ def _script(
         'set_vocabulary',
         client.request('mobius_ros_msgs/srv/SetVocabulary', agnostic=True),
     )
-    agnostic = _vocabulary_reply(reply)
+    agnostic = vocabulary_reply(reply)
     echo(f'set_vocabulary(agnostic): {reply.message} (version {reply.vocabulary_version})')
-    _play(client, session, indexed[half:], options.rate_hz)
+    play(client, session, indexed[half:], options.rate_hz)
 
     # Reliable outputs that Fast DDS had to repair (its heartbeat period is seconds, and the
     # big segmentation and debug images fill the shared-memory port first) arrive late: wait
@@ -403,7 +269,7 @@ def _script(
         client.request('mobius_ros_msgs/srv/GetVocabulary'),
     )
     client.wait(lambda: client.received.count('diagnostics') > 0, timeout=3.0)
-    diagnostics = _last_diagnostics(client.received.messages.get('diagnostics', []))
+    diagnostics = last_diagnostics(client.received.messages.get('diagnostics', []))
 
     echo('node: lifecycle deactivate + shutdown')
     lifecycle = {
@@ -447,11 +313,3 @@ def _script(
         'node_exit_code': code,
         'per_frame': records,
     }
-
-
-def _last_diagnostics(arrays: list[Any]) -> dict[str, str]:
-    for array in reversed(arrays):
-        for status in array.status:
-            if 'segmentation' in status.name:
-                return {'message': status.message, **{kv.key: kv.value for kv in status.values}}
-    return {}

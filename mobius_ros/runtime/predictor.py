@@ -106,7 +106,8 @@ class DecoderResult:
     """What the decoder loop leaves for post-processing (batch element 0).
 
     Attributes:
-        logits: [Q', K] class logits of the survivors of the last executed layer.
+        logits: [Q', K] class logits of the survivors of the last executed layer (those that
+            can reach the score threshold, see `Predictor.decode`).
         boxes: [Q', 4] cx, cy, w, h normalised to the canvas.
         confidence: [Q'].
         masks: [Q', H/4, W/4] mask logits.
@@ -203,13 +204,19 @@ class Predictor:
         timings['encoder'] = _ms(t)
 
         t = time.perf_counter()
+        threshold_ = settings.score_threshold if score_threshold is None else score_threshold
         referring = text.text_mask if task is Task.REFERRING else None
-        result, masks_ms = self.decode(state, pruning=pruning, referring_mask=referring)
+        result, masks_ms = self.decode(
+            state,
+            pruning=pruning,
+            referring_mask=referring,
+            # A referring frame returns its best query whatever the score: all need masks.
+            min_class_prob=0.0 if task is Task.REFERRING else threshold_,
+        )
         timings['decoder'] = _ms(t) - masks_ms
         timings['masks'] = masks_ms
 
         t = time.perf_counter()
-        threshold_ = settings.score_threshold if score_threshold is None else score_threshold
         prediction = self.postprocess(
             result,
             image_size=(int(image.shape[0]), int(image.shape[1])),
@@ -234,11 +241,15 @@ class Predictor:
         *,
         pruning: PruningConfig,
         referring_mask: np.ndarray | None = None,
+        min_class_prob: float = 0.0,
     ) -> tuple[DecoderResult, float]:
         """Decoder layers with the keep rule, then the mask head on the survivors.
 
         `state` holds the encoder graph's outputs; `referring_mask` ([1, T] bool, the
-        expression's text mask) selects the referring decoder layers.
+        expression's text mask) selects the referring decoder layers. Survivors whose best
+        class probability is below `min_class_prob` are left out of the result and never reach
+        the mask head: a score is class probability x mask quality <= class probability, so
+        with the score threshold here they could not be returned anyway.
 
         Returns the survivors' outputs and the milliseconds spent in the mask head.
         """
@@ -273,13 +284,22 @@ class Predictor:
                 queries, boxes = queries[:, keep], boxes[:, keep]
                 logits, confidence, index = logits[:, keep], confidence[:, keep], index[keep]
             kept.append(int(index.shape[0]))
+        if min_class_prob > 0.0:
+            passing = np.flatnonzero(_sigmoid(logits[0]).max(axis=-1) >= min_class_prob)
+            queries, boxes = queries[:, passing], boxes[:, passing]
+            logits, confidence, index = logits[:, passing], confidence[:, passing], index[passing]
         t = time.perf_counter()
-        masks = self.runners.mask_head.infer(
-            {
-                io_spec.QUERIES.name: np.ascontiguousarray(queries),
-                io_spec.MASK_FEATURES.name: state[io_spec.MASK_FEATURES.name],
-            }
-        )[io_spec.MASKS.name]
+        mask_features = state[io_spec.MASK_FEATURES.name]
+        if queries.shape[1] == 0:
+            # Nothing to segment; an empty query axis is outside a TensorRT profile anyway.
+            masks = np.zeros((1, 0, *mask_features.shape[2:]), np.float32)
+        else:
+            masks = self.runners.mask_head.infer(
+                {
+                    io_spec.QUERIES.name: np.ascontiguousarray(queries),
+                    io_spec.MASK_FEATURES.name: mask_features,
+                }
+            )[io_spec.MASKS.name]
         result = DecoderResult(
             logits=logits[0],
             boxes=boxes[0],

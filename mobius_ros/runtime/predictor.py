@@ -26,7 +26,7 @@ from mobius_ros.export import io_spec
 from mobius_ros.model.pruning import PruningConfig, keep_indices, threshold
 from mobius_ros.ops.boxes import box_cxcywh_to_xyxy, clip_boxes, scale_boxes
 from mobius_ros.ops.image import letterbox, normalize_image
-from mobius_ros.ops.masks import paste_masks
+from mobius_ros.ops.masks import mask_quality, paste_masks
 from mobius_ros.runtime.budget import BudgetController, BudgetDecision
 from mobius_ros.runtime.errors import ImageError, SegmenterError
 from mobius_ros.runtime.result import Prediction, Task
@@ -332,7 +332,9 @@ class Predictor:
         candidates = np.arange(class_prob.shape[0])
         if not referring:
             candidates = np.flatnonzero(class_prob >= score_threshold)
-        candidate_scores = class_prob[candidates] * self._mask_quality(result.masks[candidates])
+        candidate_scores = class_prob[candidates] * mask_quality(
+            result.masks[candidates], threshold=self.settings.mask_threshold
+        )
         order = candidates[np.argsort(-candidate_scores, kind='stable')]
         scores = np.zeros_like(class_prob)
         scores[candidates] = candidate_scores
@@ -367,24 +369,6 @@ class Predictor:
             masks=masks,
             image_size=image_size,
             **extra,  # type: ignore[arg-type]
-        )
-
-    def _mask_quality(self, mask_logits: np.ndarray) -> np.ndarray:
-        """[N, h, w] logits -> [N] mean probability inside each mask (0 for an empty mask).
-
-        How sure the model is of the pixels it claims.
-        """
-        n, h, w = mask_logits.shape
-        flat = mask_logits.reshape(n, h * w)
-        inside = flat > self.settings.mask_threshold
-        area = inside.sum(axis=1)
-        # The sigmoid only of the pixels inside (row-major, so grouped by mask): masks cover a
-        # small part of the canvas, and the sigmoid of every pixel was most of this cost.
-        cumulative = np.zeros(int(area.sum()) + 1, np.float64)
-        np.cumsum(_sigmoid(flat[inside].astype(np.float32)), out=cumulative[1:])
-        ends = np.cumsum(area)
-        return ((cumulative[ends] - cumulative[ends - area]) / np.maximum(area, 1)).astype(
-            np.float32
         )
 
     @staticmethod

@@ -13,6 +13,7 @@ from mobius_ros.ops.image import letterbox
 from mobius_ros.ops.masks import (
     mask_iou,
     mask_nms,
+    mask_quality,
     paste_masks,
     polygons_to_mask,
     rle_area,
@@ -163,3 +164,15 @@ def test_paste_masks_samples_original_pixel_centres(
     assert not differs[np.abs(reference) > 0.05].any()
     assert differs.mean() < 1e-3
     assert paste_masks(logits[:0], image_hw=image_hw, scale=scale, pad=pad).shape == (0, *image_hw)
+
+
+def test_mask_quality_known_values() -> None:
+    logits = np.full((3, 2, 3), -5.0, np.float32)
+    logits[0, 0, :2] = [0.5, np.log(3.0)]  # p = sigmoid(0.5), 0.75 inside
+    logits[2] = 40.0  # every pixel inside, p ~ 1
+    quality = mask_quality(logits)
+    expected0 = (1 / (1 + np.exp(-0.5)) + 0.75) / 2
+    np.testing.assert_allclose(quality, [expected0, 0.0, 1.0], rtol=1e-6)
+    # A higher threshold leaves only the p = 0.75 pixel inside mask 0.
+    np.testing.assert_allclose(mask_quality(logits, threshold=1.0)[0], 0.75, rtol=1e-6)
+    assert mask_quality(logits[:0]).shape == (0,)

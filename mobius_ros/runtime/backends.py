@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from mobius_ros.runtime.exported import FORMAT, ExportedModel, RunnerFactory, on
 from mobius_ros.runtime.predictor import GraphRunners
 
 if TYPE_CHECKING:
+    from mobius_ros.model.mobius import Mobius
     from mobius_ros.runtime.segmenter import SegmenterConfig
 
 _LOG = logging.getLogger(__name__)
@@ -82,28 +83,41 @@ def _open_torch(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, ob
             f'backend torch needs a .safetensors checkpoint, got the export folder {source}'
         )
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError as error:
         raise ModelLoadError(
             "backend 'torch' needs PyTorch (install the 'torch' extra) or use 'onnxruntime'"
         ) from error
-    from mobius_ros.export import wrappers
     from mobius_ros.model.checkpoint import load_checkpoint
-    from mobius_ros.runtime.torch_runner import TorchRunner
 
     try:
         model = load_checkpoint(source, device=config.device)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelLoadError(f'cannot load checkpoint {source}: {error}') from error
-    shapes = wrappers.memory_shapes(model, config.input_size)
+    runners = torch_graph_runners(model, input_size=config.input_size, device=config.device)
+    return runners, _TorchText(model), int(model.decoder.num_queries)
 
-    def runner(module: torch.nn.Module, spec: io_spec.GraphSpec) -> TorchRunner:
+
+def torch_graph_runners(
+    model: Mobius, *, input_size: tuple[int, int], device: str = 'cpu'
+) -> GraphRunners:
+    """The model's stages as TorchRunners over the export wrappers, one per exported graph.
+
+    The same modules the ONNX graphs are traced from, so the torch backend and the exports
+    run one host loop.
+    """
+    from mobius_ros.export import wrappers
+    from mobius_ros.runtime.torch_runner import TorchRunner
+
+    shapes = wrappers.memory_shapes(model, input_size)
+
+    def runner(module: Callable[..., object], spec: io_spec.GraphSpec) -> TorchRunner:
         return TorchRunner(
-            module, inputs=spec.inputs, outputs=spec.outputs, device=config.device, name=spec.name
+            module, inputs=spec.inputs, outputs=spec.outputs, device=device, name=spec.name
         )
 
     layers = range(model.num_layers)
-    runners = GraphRunners(
+    return GraphRunners(
         encoder=runner(wrappers.EncoderGraph(model), io_spec.ENCODER_SPEC),
         decoder_layers=[
             runner(
@@ -121,7 +135,6 @@ def _open_torch(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, ob
             for i in layers
         ],
     )
-    return runners, _TorchText(model), int(model.decoder.num_queries)
 
 
 class _TorchText:

@@ -174,34 +174,10 @@ def tiny() -> Mobius:
 
 
 def _torch_predictor(model: Mobius, **settings: object) -> Predictor:
-    from mobius_ros.export import io_spec, wrappers
-    from mobius_ros.runtime.torch_runner import TorchRunner
+    from mobius_ros.runtime.backends import torch_graph_runners
 
-    shapes = wrappers.memory_shapes(model, CANVAS)
-
-    def run(module: torch.nn.Module, spec: io_spec.GraphSpec) -> TorchRunner:
-        return TorchRunner(module, inputs=spec.inputs, outputs=spec.outputs, name=spec.name)
-
-    layers = range(model.num_layers)
-    runners = GraphRunners(
-        encoder=run(wrappers.EncoderGraph(model), io_spec.ENCODER_SPEC),
-        decoder_layers=[
-            run(
-                wrappers.DecoderLayerGraph(model, i, shapes, referring=False),
-                io_spec.decoder_layer_spec(i),
-            )
-            for i in layers
-        ],
-        mask_head=run(wrappers.MaskHeadGraph(model), io_spec.MASK_HEAD_SPEC),
-        referring_layers=[
-            run(
-                wrappers.DecoderLayerGraph(model, i, shapes, referring=True),
-                io_spec.decoder_layer_spec(i, referring=True),
-            )
-            for i in layers
-        ],
-    )
-    return Predictor(runners, input_size=CANVAS, settings=PredictorSettings(**settings))
+    runners = torch_graph_runners(model, input_size=CANVAS)
+    return Predictor(runners, input_size=CANVAS, settings=PredictorSettings(**settings))  # type: ignore[arg-type]
 
 
 def _text(model: Mobius, phrases: list[str]) -> TextInputs:

@@ -274,9 +274,9 @@ def test_mask_head_only_sees_queries_that_can_pass_the_score_threshold(tiny: Mob
     np.testing.assert_allclose(cut.masks, full.masks[passing], rtol=1e-5, atol=1e-5)
     assert cut.queries_kept == full.queries_kept  # the decoder itself is unchanged
     # And the prediction is the one post-processing all queries would give.
-    predictor = _torch_predictor(tiny, pruning=unpruned, score_threshold=threshold)
-    got = predictor.predict(image, text, phrases=phrases)
-    want = predictor.postprocess(full, task=Task.VOCABULARY, score_threshold=threshold, **post)
+    everything.configure(score_threshold=threshold)
+    got = everything.predict(image, text, phrases=phrases)
+    want = everything.postprocess(full, task=Task.VOCABULARY, score_threshold=threshold, **post)
     assert len(want) > 0
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
     np.testing.assert_array_equal(got.masks, want.masks)

@@ -270,6 +270,10 @@ class Segmenter:
                 self._predictor.budget = self._make_budget(latency_budget_ms)
             else:
                 self._predictor.budget.set_budget(latency_budget_ms)
+            # `config` describes what runs now (it was left at the constructor's budget).
+            changes['latency_budget_ms'] = (
+                float(latency_budget_ms) if latency_budget_ms > 0 else None
+            )
         self.config = replace(self.config, **changes)  # type: ignore[arg-type]
 
     def _make_budget(self, budget_ms: float) -> BudgetController:

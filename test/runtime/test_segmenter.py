@@ -124,10 +124,12 @@ def test_configure_at_run_time(segmenter: Segmenter) -> None:
     assert len(segmenter.segment(_image())) == 0
     segmenter.configure(latency_budget_ms=10_000)
     assert segmenter.segment(_image()).budget['budget_ms'] == 10_000
+    assert segmenter.config.latency_budget_ms == 10_000
     segmenter.configure(
         latency_budget_ms=0, score_threshold=0.0, max_detections=5, pruning=PruningConfig()
     )
     assert segmenter.segment(_image()).budget == {}
+    assert segmenter.config.latency_budget_ms is None and segmenter.config.max_detections == 5
     with pytest.raises(SegmenterError):
         segmenter.configure(max_detections=0)
 

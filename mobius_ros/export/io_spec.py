@@ -28,6 +28,7 @@ MASK_HEAD = 'mask_head'
 FULL = 'full'
 TEXT_ENCODER = 'text_encoder'
 MODEL_JSON = 'model.json'
+EXPORT_FORMAT = 'mobius-onnx/1'  # model.json's 'format': the exporter writes it, runtimes check it
 
 # Dynamic symbols; everything else is fixed when a graph is exported for a canvas.
 DYNAMIC = frozenset({'T', 'K', 'Q', 'P'})

@@ -42,7 +42,7 @@ from mobius_ros.model.mobius import Mobius
 from mobius_ros.model.text_encoder import MiniLMTextEncoder
 from mobius_ros.runtime.tokenizer import CLIP_BPE, HF_TOKENIZERS
 
-FORMAT = 'mobius-onnx/1'
+FORMAT = io_spec.EXPORT_FORMAT
 DEFAULT_OPSET = 17
 TEXT_CONTEXT = 77  # token ids per phrase in the text graph (CLIP's context; MiniLM truncates)
 # Phrases used to trace the graphs; any will do, they only fix the traced ranks.

@@ -24,7 +24,7 @@ from mobius_ros.runtime.runner import Runner
 from mobius_ros.runtime.tokenizer import load_tokenizer
 from mobius_ros.runtime.vocabulary import TextBatch
 
-FORMAT = 'mobius-onnx/1'  # must equal export.onnx.FORMAT (that module needs torch)
+FORMAT = io_spec.EXPORT_FORMAT
 
 # (graph name, path of its .onnx file) -> a runner for it
 RunnerFactory = Callable[[str, Path], Runner]

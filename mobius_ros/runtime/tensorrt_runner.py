@@ -11,6 +11,7 @@ inside the runner, so importing this module works anywhere.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -76,6 +77,9 @@ class TensorRTRunner(RunnerBase):
         if not engine_path.is_file():
             raise ModelLoadError(f'TensorRT engine not found: {engine_path}')
         self._trt, self._cuda = trt, cuda
+        # One execution context and one set of page-locked buffers: calls from two threads (the
+        # frame worker and a service's one-shot segmentation) would overwrite each other's I/O.
+        self._lock = threading.Lock()
         cuda.init()
         # The primary context, pushed around every call, so the runner may be used from any
         # thread (ROS executors call from worker threads).
@@ -137,6 +141,12 @@ class TensorRTRunner(RunnerBase):
             raise RuntimeError(f'{self.name}: runner is closed')
         checked = check_feeds(feeds, self.inputs, graph=self.name)
         self._check_profile(checked)
+        with self._lock:
+            return self._infer_locked(checked)
+
+    def _infer_locked(self, checked: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._context is None:
+            raise RuntimeError(f'{self.name}: runner is closed')
         cuda, stream = self._cuda, self._stream
         self._context_handle.push()
         try:
@@ -184,14 +194,15 @@ class TensorRTRunner(RunnerBase):
             self._context_handle.pop()
 
     def close(self) -> None:
-        if self._context is None:
-            return
-        self._context_handle.push()
-        try:
-            for buffer in self._buffers.values():
-                buffer.free()
-            self._context = None
-            self._engine = None
-        finally:
-            self._context_handle.pop()
-            self._context_handle.detach()
+        with self._lock:
+            if self._context is None:
+                return
+            self._context_handle.push()
+            try:
+                for buffer in self._buffers.values():
+                    buffer.free()
+                self._context = None
+                self._engine = None
+            finally:
+                self._context_handle.pop()
+                self._context_handle.detach()

@@ -109,6 +109,8 @@ def export_model(model: Mobius, out_dir: str | Path, options: ExportOptions | No
     out_dir = Path(out_dir).expanduser()
     tmp = out_dir.with_name(f'.{out_dir.name}.tmp-{time.time_ns()}')
     tmp.mkdir(parents=True)
+    # Graphs are traced in eval mode; a model exported mid-training goes back to training.
+    was_training = model.training
     try:
         meta = _export_into(model, tmp, options)
         (tmp / io_spec.MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
@@ -118,6 +120,8 @@ def export_model(model: Mobius, out_dir: str | Path, options: ExportOptions | No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        model.train(was_training)
     return out_dir / io_spec.MODEL_JSON
 
 

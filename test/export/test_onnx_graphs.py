@@ -108,3 +108,17 @@ def test_polygraphy_sanitize_and_onnxrt_run(
         command += ['--val-range', 'token_ids:[0,1000]']
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0 and 'PASSED' in run.stdout + run.stderr, run.stderr[-3000:]
+
+
+def test_export_leaves_a_training_model_in_training_mode(tmp_path: Path) -> None:
+    import torch
+
+    from mobius_ros.export.onnx import ExportOptions, export_model
+    from mobius_ros.model.variants import build_model
+
+    torch.manual_seed(0)
+    model = build_model('MOBIUS-tiny').train()
+    options = ExportOptions(input_size=(64, 64), referring=False, full=False, text_encoder=False)
+    meta = export_model(model, tmp_path / 'export', options)
+    assert meta.is_file() and model.training
+    assert all(m.training for m in model.modules())

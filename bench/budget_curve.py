@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from bench.common import (
     fix_threads,
     parse_size,
     percentile,
+    time_interleaved,
     write_results,
 )
 from mobius_ros.ops.coco_classes import COCO_CLASSES
@@ -84,7 +86,44 @@ def summarise(budget_ms: float, predictions: list[Any], *, settle: int) -> dict[
 
 def default_budgets(fastest_ms: float, slowest_ms: float, count: int) -> list[float]:
     """From below the fastest setting (infeasible, to show it is reported) to above the slowest."""
-    return [float(b) for b in np.linspace(0.85 * fastest_ms, 1.25 * slowest_ms, count)]
+    return [float(b) for b in np.linspace(0.7 * fastest_ms, 1.25 * slowest_ms, count)]
+
+
+def calibrate(
+    rungs: dict[str, Any],
+    predictor_with: Callable[[Any], Any],
+    text: Any,
+    image: np.ndarray,
+    timing: TimingConfig,
+) -> dict[str, dict[str, Any]]:
+    """Whole-frame p50 and per-stage p50 of fixed settings, timed in interleaved rounds."""
+    predictors = {}
+    for label, rung in rungs.items():
+        predictors[label] = predictor_with(None)
+        predictors[label].configure(pruning=rung)
+    frames: dict[str, list[Any]] = {label: [] for label in rungs}
+
+    def case(label: str) -> Callable[[], object]:
+        def run() -> object:
+            frames[label].append(predictors[label].predict(image, text, phrases=COCO_CLASSES))
+            return None
+
+        return run
+
+    time_interleaved({label: case(label) for label in rungs}, timing)
+    extremes = {}
+    for label, out in frames.items():
+        steady = out[timing.warmup :]
+        extremes[label] = {
+            'p50_ms': round(statistics.median(p.timings_ms['total'] for p in steady), 2),
+            'stage_p50_ms': {
+                stage: round(statistics.median(p.timings_ms[stage] for p in steady), 2)
+                for stage in ('preprocess', 'encoder', 'decoder', 'masks', 'postprocess')
+            },
+            'queries_kept': list(steady[-1].queries_kept),
+        }
+        print(f'[budget] {label} rung: {extremes[label]}')
+    return extremes
 
 
 def run_budget_curve(
@@ -113,22 +152,14 @@ def run_budget_curve(
     def predictor_with(budget: Any) -> Any:
         return Predictor(exported.runners, input_size=exported.input_size, budget=budget)
 
-    # The extremes of the ladder, measured without the controller, bound the useful budgets.
-    extremes = {}
-    for label, rung in (('slowest', ladder[0]), ('fastest', ladder[-1])):
-        predictor = predictor_with(None)
-        predictor.configure(pruning=rung)
-        out = run_frames(predictor, exported.text, image, timing.warmup + timing.repeats)
-        totals = [p.timings_ms['total'] for p in out[timing.warmup :]]
-        extremes[label] = {
-            'p50_ms': round(statistics.median(totals), 2),
-            'queries_kept': list(out[-1].queries_kept),
-        }
-        print(f'[budget] {label} rung: p50 {extremes[label]["p50_ms"]} ms')
+    # The extremes of the ladder, measured without the controller and interleaved (a load spike
+    # hits both), bound the useful budgets.
+    extremes = calibrate(
+        {'slowest': ladder[0], 'fastest': ladder[-1]}, predictor_with, exported.text, image, timing
+    )
     if budgets is None:
-        budgets = default_budgets(
-            extremes['fastest']['p50_ms'], extremes['slowest']['p50_ms'], count=7
-        )
+        fast, slow = sorted(e['p50_ms'] for e in extremes.values())
+        budgets = default_budgets(fast, slow, count=8)
     results = []
     for budget_ms in budgets:
         controller = BudgetController(
@@ -199,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--frames', type=int, default=40)
     parser.add_argument('--settle', type=int, default=10)
-    parser.add_argument('--calibration-frames', type=int, default=6)
+    parser.add_argument('--calibration-frames', type=int, default=10)
     parser.add_argument('--budgets', type=float, nargs='*', default=None, help='ms; default: auto')
     parser.add_argument('--mode', choices=('thresholds', 'forced'), default='thresholds')
     parser.add_argument(

@@ -1,10 +1,10 @@
 """Latency budget curve: what the budget controller achieves for a range of budgets.
 
-For each budget a fresh `BudgetController` drives the project's `Predictor` over the exported
-split graphs (ONNX Runtime) for `--frames` frames; the first `--settle` frames (the controller
-learning its cost model) are left out of the statistics. Per budget: achieved p50/p95 of the
-whole frame (letterbox to post-processing), how often the budget was met, queries kept, layers
-executed and the settings chosen.
+For each budget a fresh `BudgetController` drives its own `Predictor` over the exported split
+graphs (ONNX Runtime) for `--frames` frames, the budgets taking turns frame by frame; the first
+`--settle` frames (the controller learning its cost model) are left out of the statistics.
+Per budget: achieved p50/p95 of the whole frame (letterbox to post-processing), how often the
+budget was met, queries kept, layers executed and the settings chosen.
 
 The ladder is the controller's default (`--mode thresholds`). On random weights the class head
 sits at the focal-loss prior (confidence about 0.01), below every threshold, so each rung keeps
@@ -47,11 +47,6 @@ def ladder_for(mode: str, num_layers: int) -> tuple[Any, ...]:
         return ladder
     # Threshold 1.0 at every layer: nothing clears it, so exactly min_keep queries survive.
     return tuple(replace(p, lower=1.0, upper=1.0) if p.enabled else p for p in ladder)
-
-
-def run_frames(predictor: Any, text: Any, image: np.ndarray, frames: int) -> list[Any]:
-    """`frames` predictions of one image with the 80 COCO names."""
-    return [predictor.predict(image, text, phrases=COCO_CLASSES) for _ in range(frames)]
 
 
 def summarise(budget_ms: float, predictions: list[Any], *, settle: int) -> dict[str, Any]:
@@ -160,12 +155,22 @@ def run_budget_curve(
     if budgets is None:
         fast, slow = sorted(e['p50_ms'] for e in extremes.values())
         budgets = default_budgets(fast, slow, count=8)
-    results = []
-    for budget_ms in budgets:
-        controller = BudgetController(
-            budget_ms, ladder, num_queries=exported.num_queries, num_layers=exported.num_layers
+    # One controller per budget, all run frame by frame in rounds: a load spike on the shared
+    # CPU then hits every budget alike instead of bending the curve where it happened to fall.
+    predictors = [
+        predictor_with(
+            BudgetController(
+                budget_ms, ladder, num_queries=exported.num_queries, num_layers=exported.num_layers
+            )
         )
-        predictions = run_frames(predictor_with(controller), exported.text, image, frames)
+        for budget_ms in budgets
+    ]
+    frames_by_budget: list[list[Any]] = [[] for _ in budgets]
+    for _ in range(frames):
+        for predictor, out in zip(predictors, frames_by_budget):
+            out.append(predictor.predict(image, exported.text, phrases=COCO_CLASSES))
+    results = []
+    for budget_ms, predictions in zip(budgets, frames_by_budget):
         entry = summarise(budget_ms, predictions, settle=settle)
         results.append(entry)
         print(

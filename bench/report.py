@@ -151,6 +151,16 @@ def render_budget_curve(payload: Mapping[str, Any]) -> list[str]:
         if entry.get('status', 'ok') == 'ok'
     ]
     lines = _table(header, rows)
+    extremes = payload.get('extremes', {})
+    if extremes:
+        parts = []
+        for label, e in extremes.items():
+            stages = e.get('stage_p50_ms', {})
+            parts.append(
+                f'{label} rung p50 {_fmt(e["p50_ms"])} ms (encoder {_fmt(stages.get("encoder"))}, '
+                f'decoder {_fmt(stages.get("decoder"))}, masks {_fmt(stages.get("masks"))})'
+            )
+        lines += ['', 'Ladder extremes without the controller: ' + '; '.join(parts) + '.']
     if payload.get('note'):
         lines += ['', payload['note']]
     return lines

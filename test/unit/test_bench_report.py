@@ -94,6 +94,9 @@ def _budget() -> dict[str, Any]:
         'benchmark': 'budget_curve',
         'input_hw': [384, 512],
         'environment': ENV,
+        'extremes': {
+            'slowest': {'p50_ms': 139.26, 'stage_p50_ms': {'encoder': 123.8, 'decoder': 12.65}},
+        },
         'results': [
             {
                 'budget_ms': 50,
@@ -151,6 +154,7 @@ def test_pruning_and_budget_tables() -> None:
     tight, loose = _rows(report, '50') + _rows(report, '200')
     assert tight[1:4] == ['61.5', '70.2', 'no']
     assert loose[3] == 'yes'
+    assert 'slowest rung p50 139.3 ms (encoder 123.8, decoder 12.7, masks –)' in report
 
 
 def test_missing_results_say_how_to_make_them() -> None:

@@ -64,13 +64,19 @@ def load_config(path: str | Path) -> MobiusConfig:
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = 'cpu') -> Mobius:
     """Rebuild the model from the sidecar's config and load the weights (eval mode)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from mobius_ros.model.variants import build_from_config
 
     meta = _read_sidecar(path)
     model = build_from_config(MobiusConfig.from_dict(meta['config']))
-    state = load_file(str(path), device=str(device))
+    try:
+        state = load_file(str(path), device=str(device))
+    except SafetensorError as error:  # truncated or not a safetensors file at all
+        raise ValueError(f'checkpoint {path} is not a readable safetensors file: {error}') from (
+            error
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if not meta['includes_text_encoder']:
         missing = [k for k in missing if not k.startswith(TEXT_PREFIX)]

@@ -174,6 +174,22 @@ def test_missing_checkpoints_are_clear_errors(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize('backend', ['torch', 'onnxruntime'])
+def test_corrupt_weights_with_a_valid_config_are_a_clear_error(
+    checkpoint: Path, tmp_path: Path, backend: str
+) -> None:
+    from mobius_ros.model.checkpoint import sidecar_path
+
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes(checkpoint.read_bytes()[:100])  # truncated download
+    sidecar_path(broken).write_text(sidecar_path(checkpoint).read_text())
+    config = SegmenterConfig(
+        checkpoint=str(broken), backend=backend, engine_dir=str(tmp_path), input_size=CANVAS
+    )
+    with pytest.raises(ModelLoadError, match=r'broken\.safetensors'):
+        Segmenter(config)
+
+
 def test_export_cache_policy_never_refuses_to_export(checkpoint: Path, tmp_path: Path) -> None:
     config = SegmenterConfig(
         checkpoint=str(checkpoint),

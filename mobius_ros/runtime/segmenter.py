@@ -139,6 +139,10 @@ class Segmenter:
         self._cache = TextEmbeddingCache(encoder.encode, encoder.identity, cache_dir)
         self._active: _Active | None = None
         self._swap_lock = threading.Lock()
+        # Frames (the node's worker) and one-shot requests (a service thread) share one predictor:
+        # its budget controller and a TensorRT execution context are single-threaded, so
+        # inference is serialised. Vocabulary swaps never wait on it.
+        self._infer_lock = threading.Lock()
         self.set_agnostic()
 
     @property
@@ -230,14 +234,15 @@ class Segmenter:
             text, task = self._text(words)[0], Task.AGNOSTIC
         else:
             words, text, task = active.vocabulary.phrases, active.text, active.vocabulary.task
-        return self._predictor.predict(
-            image,
-            text,
-            phrases=words,
-            task=task,
-            vocabulary_version=version,
-            score_threshold=score_threshold,
-        )
+        with self._infer_lock:
+            return self._predictor.predict(
+                image,
+                text,
+                phrases=words,
+                task=task,
+                vocabulary_version=version,
+                score_threshold=score_threshold,
+            )
 
     def configure(
         self,

@@ -74,9 +74,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = 'cpu') -> 
     try:
         state = load_file(str(path), device=str(device))
     except SafetensorError as error:  # truncated or not a safetensors file at all
-        raise ValueError(f'checkpoint {path} is not a readable safetensors file: {error}') from (
-            error
-        )
+        message = f'checkpoint {path} is not a readable safetensors file: {error}'
+        raise ValueError(message) from error
     missing, unexpected = model.load_state_dict(state, strict=False)
     if not meta['includes_text_encoder']:
         missing = [k for k in missing if not k.startswith(TEXT_PREFIX)]

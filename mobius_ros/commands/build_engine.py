@@ -1,10 +1,13 @@
-"""`mobius build-engine --onnx-dir D --out engines/`: build TensorRT engines ahead of time.
+"""`mobius build-engine --onnx-dir D`: build TensorRT engines ahead of time.
 
 One engine per exported graph (encoder, decoder_layer_<l>, referring_decoder_layer_<l>,
-mask_head, full, text_encoder), each with its JSON sidecar. Run it on the target machine (the
-Jetson): an engine only runs on the GPU and TensorRT version that built it. With the default
-policy 'if_mismatched' only engines that are missing or stale are rebuilt; `--force` rebuilds all.
-`--dry-run` prints the plan (graphs, profiles, hashes) and works without TensorRT.
+mask_head, full, text_encoder), each with its JSON sidecar, in
+`<--out>/<export_key>/<precision>/` — the folder and sidecar the runtime's `engine_plan` expects,
+so with the same `--out` (default the node's `engine_dir`), precision and `--max-vocabulary`
+(default the node's `max_vocabulary`) the node loads them without rebuilding. Run it on the
+target machine (the Jetson): an engine only runs on the GPU and TensorRT version that built it.
+With the default policy 'if_mismatched' only engines that are missing or stale are rebuilt;
+`--force` rebuilds all. `--dry-run` prints the plan and works without TensorRT.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from mobius_ros.export import io_spec
-from mobius_ros.export.engine_cache import POLICIES, PRECISIONS, file_sha256
+from mobius_ros.export.engine_cache import (
+    DEFAULT_ENGINE_ROOT,
+    DEFAULT_MAX_VOCABULARY,
+    DEFAULT_PRECISION,
+    POLICIES,
+    PRECISIONS,
+    EnginePlan,
+    engine_plan,
+    file_sha256,
+)
 from mobius_ros.runtime.errors import SegmenterError
 
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -36,11 +48,25 @@ def _range(text: str) -> tuple[int, int, int]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--onnx-dir', type=Path, required=True, help='folder of `mobius export`')
-    parser.add_argument('--out', type=Path, default=Path('engines'), help='engine folder')
-    parser.add_argument('--precision', choices=PRECISIONS, default='fp16')
+    parser.add_argument(
+        '--out',
+        type=Path,
+        default=Path(DEFAULT_ENGINE_ROOT),
+        help='engine root; engines go to OUT/<export_key>/<precision>/ (default: the'
+        f" node's engine_dir, {DEFAULT_ENGINE_ROOT})",
+    )
+    parser.add_argument('--precision', choices=PRECISIONS, default=DEFAULT_PRECISION)
+    parser.add_argument(
+        '--max-vocabulary',
+        type=int,
+        default=DEFAULT_MAX_VOCABULARY,
+        help="largest vocabulary (K, P ranges); match the node's max_vocabulary parameter",
+    )
     parser.add_argument('--calib', type=Path, help='calibration images (INT8 encoder)')
     parser.add_argument('--calib-count', type=int, default=64, help='images used for INT8')
     parser.add_argument('--graphs', nargs='+', metavar='NAME', help='only these graphs')
+    # Explicit ranges replace the plan's defaults; the node plans the defaults, so it rebuilds
+    # (or, with build_policy never, refuses) engines built with them.
     parser.add_argument('--queries', type=_range, metavar='MIN:OPT:MAX', help='query axis Q')
     parser.add_argument('--classes', type=_range, metavar='MIN:OPT:MAX', help='vocabulary K')
     parser.add_argument('--text-tokens', type=_range, metavar='MIN:OPT:MAX', help='tokens T')
@@ -63,18 +89,6 @@ def read_model_json(onnx_dir: Path) -> dict[str, object]:
     return data
 
 
-def find_key(data: Mapping[str, object], key: str) -> object | None:
-    """`data[key]`, or the first nested dict's `key` (model.json nests the model config)."""
-    if key in data:
-        return data[key]
-    for value in data.values():
-        if isinstance(value, Mapping):
-            found = find_key(value, key)
-            if found is not None:
-                return found
-    return None
-
-
 def graph_files(onnx_dir: Path, names: list[str] | None) -> list[Path]:
     """The .onnx files to build, in a stable order; unknown requested names are errors."""
     files = sorted(onnx_dir.glob('*.onnx'))
@@ -89,18 +103,18 @@ def graph_files(onnx_dir: Path, names: list[str] | None) -> list[Path]:
     return files
 
 
-def symbol_ranges(args: argparse.Namespace, model: Mapping[str, object]) -> dict:
-    from mobius_ros.export.tensorrt_build import default_ranges
-
-    num_queries = args.queries[2] if args.queries else find_key(model, 'Q0')
-    if num_queries is None:
-        num_queries = find_key(model, 'num_queries')
-    if not isinstance(num_queries, int):
-        raise SegmenterError('model.json has no num_queries: give --queries MIN:OPT:MAX')
-    ranges = default_ranges(num_queries)
+def plan_from_args(args: argparse.Namespace, model: Mapping[str, object]) -> EnginePlan:
+    """The engine plan of this command: the runtime's `engine_plan` with the flags given."""
     given = {'Q': args.queries, 'K': args.classes, 'T': args.text_tokens, 'P': args.phrases}
-    ranges.update({k: v for k, v in given.items() if v is not None})
-    return ranges
+    return engine_plan(
+        args.onnx_dir,
+        model,
+        engine_root=args.out,
+        precision=args.precision,
+        max_vocabulary=args.max_vocabulary,
+        ranges={k: v for k, v in given.items() if v is not None},
+        workspace_mb=args.workspace_mb,
+    )
 
 
 def calibration_feeds(
@@ -150,16 +164,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mobius_ros.export.tensorrt_build import BuildOptions, ensure_engine, plan_profiles
+    from mobius_ros.export.tensorrt_build import ensure_engine, plan_profiles
 
     model = read_model_json(args.onnx_dir)
     files = graph_files(args.onnx_dir, args.graphs)
-    ranges = symbol_ranges(args, model)
-    options = BuildOptions(args.precision, args.workspace_mb, ranges)
+    plan = plan_from_args(args, model)
     if args.dry_run:
+        print(f'engines: {plan.directory}')
         for path in files:
-            print(f'{path.stem}: sha256 {file_sha256(path)[:16]}')
-            for name, (low, opt, high) in plan_profiles(path, ranges).items():
+            options = plan.graph_options(path.stem)
+            print(f'{path.stem}: sha256 {file_sha256(path)[:16]} {options.precision}')
+            for name, (low, opt, high) in plan_profiles(path, options.ranges).items():
                 print(f'  {name}: min {low} opt {opt} max {high}')
         return 0
     try:
@@ -173,30 +188,16 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     policy = 'if_mismatched' if args.force else args.policy
-    args.out.mkdir(parents=True, exist_ok=True)
     for path in files:
         if args.force:
-            (args.out / f'{path.stem}.engine').unlink(missing_ok=True)
-        graph_options = options
+            plan.engine_path(path.stem).unlink(missing_ok=True)
         calibration: list = []
-        if args.precision == 'int8':
-            if path.stem == io_spec.ENCODER and args.calib is not None:
-                calibration = list(
-                    calibration_feeds(args.onnx_dir, args.calib, args.calib_count, model)
-                )
-            else:
-                # Decoder layers and heads see encoder outputs, not images: calibrating them
-                # needs the encoder's INT8 activations first; FP16 costs them little.
-                print(f'[build] {path.stem}: INT8 calibrates the encoder only; using fp16')
-                graph_options = BuildOptions('fp16', args.workspace_mb, ranges)
+        if plan.graph_options(path.stem).precision == 'int8' and args.calib is not None:
+            calibration = list(
+                calibration_feeds(args.onnx_dir, args.calib, args.calib_count, model)
+            )
         engine = ensure_engine(
-            path,
-            args.out,
-            graph_options,
-            policy=policy,
-            model_config=model,
-            calibration=calibration,
-            device=args.device,
+            path, plan, policy=policy, calibration=calibration, device=args.device
         )
         print(f'{path.stem}: {engine}')
     return 0

@@ -11,6 +11,11 @@ with what we would build now:
     'if_mismatched' load           build              build
 
 "refuse" is a `ModelLoadError` naming the engine, every mismatch and the command that fixes it.
+
+Where engines live and what they must match is decided in one place, `engine_plan`, which both
+`mobius build-engine` and the runtime call: engines of an export live in
+`<engine_root>/<export_key>/<precision>/` (engine_root: the writable `engine_dir`, never the
+install tree), so an engine built ahead of time is exactly the one the node looks for.
 Pure Python (no TensorRT), so it is tested on machines without a GPU.
 """
 
@@ -21,15 +26,22 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 
+from mobius_ros.export import io_spec
 from mobius_ros.runtime.errors import ModelLoadError
 
 POLICIES = ('never', 'if_missing', 'if_mismatched')
 PRECISIONS = ('fp32', 'fp16', 'int8')
-SIDECAR_FORMAT = 1
+# Format 2: the config hash covers model config, export key, precision and profiles only.
+SIDECAR_FORMAT = 2
+# Shared by `mobius build-engine` and the runtime (SegmenterConfig.engine_dir, the node's
+# max_vocabulary parameter), so that both plan the same engines by default.
+DEFAULT_ENGINE_ROOT = '~/.cache/mobius_ros/engines'
+DEFAULT_PRECISION = 'fp16'
+DEFAULT_MAX_VOCABULARY = 256
 
 # (min, opt, max) shape of each dynamic input, as plain lists so they survive JSON unchanged.
 Profiles = dict[str, list[list[int]]]
@@ -141,12 +153,25 @@ def read_sidecar(engine_path: str | Path) -> Sidecar:
 
 
 def compare(expected: Sidecar, actual: Sidecar) -> list[str]:
-    """Human-readable mismatches between the engine we want and the one on disk (empty: ok)."""
-    return [
-        f'{name}: engine has {getattr(actual, name)!r}, need {getattr(expected, name)!r}'
-        for name in Sidecar.COMPARED
-        if _normal(getattr(actual, name)) != _normal(getattr(expected, name))
-    ]
+    """Human-readable mismatches between the engine we want and the one on disk (empty: ok).
+
+    Dict fields (profiles) are compared per key, so a vocabulary range change names the one
+    input whose profile differs rather than printing every profile.
+    """
+    reasons = []
+    for name in Sidecar.COMPARED:
+        have, need = _normal(getattr(actual, name)), _normal(getattr(expected, name))
+        if have == need:
+            continue
+        if isinstance(have, dict) and isinstance(need, dict):
+            reasons += [
+                f'{name}[{key!r}]: engine has {have.get(key)!r}, need {need.get(key)!r}'
+                for key in sorted(set(have) | set(need))
+                if have.get(key) != need.get(key)
+            ]
+        else:
+            reasons.append(f'{name}: engine has {have!r}, need {need!r}')
+    return reasons
 
 
 def _normal(value: object) -> object:
@@ -160,8 +185,12 @@ def decide(
     expected: Sidecar,
     *,
     build_hint: str = 'mobius build-engine',
+    note: str = '',
 ) -> tuple[EngineAction, list[str]]:
     """Load or build `engine_path` under `policy`; returns the action and why.
+
+    Args:
+        note: appended to a refusal (e.g. engines of another precision exist next door).
 
     Raises:
         ModelLoadError: the policy forbids the build that a missing or mismatched engine needs;
@@ -176,7 +205,7 @@ def decide(
         if policy == 'never':
             raise ModelLoadError(
                 f'TensorRT engine {engine_path} is missing and build_policy is "never";'
-                f' build it ahead with `{build_hint}` or set build_policy "if_missing"'
+                f' build it ahead with `{build_hint}` or set build_policy "if_missing"{note}'
             )
         return EngineAction.BUILD, reasons
     try:
@@ -190,7 +219,7 @@ def decide(
     raise ModelLoadError(
         f'TensorRT engine {engine_path} does not match this model/GPU/TensorRT:'
         + ''.join(f'\n  - {r}' for r in reasons)
-        + f'\nrebuild it with `{build_hint}` or set build_policy "if_mismatched"'
+        + f'\nrebuild it with `{build_hint}` or set build_policy "if_mismatched"{note}'
     )
 
 
@@ -235,3 +264,159 @@ def profile_shapes(
         for shape, value in zip(shapes, (low, opt, high)):
             shape.append(value)
     return shapes
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build one engine.
+
+    Attributes:
+        precision: 'fp16' (default), 'fp32' or 'int8' (INT8 with FP16 fallback; needs
+            calibration feeds).
+        workspace_mb: builder workspace limit (a build resource, not part of the config hash).
+        ranges: (min, opt, max) of each dynamic io_spec symbol ('Q', 'K', 'T', 'P').
+        optimization_level: builder optimisation level 0-5 (None: TensorRT's default, 3).
+    """
+
+    precision: str = DEFAULT_PRECISION
+    workspace_mb: int = 2048
+    ranges: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    optimization_level: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
+        if self.workspace_mb < 1:
+            raise ValueError(f'workspace_mb must be >= 1, got {self.workspace_mb}')
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_ranges(
+    num_queries: int,
+    *,
+    max_vocabulary: int = DEFAULT_MAX_VOCABULARY,
+    max_text_tokens: int = 2048,
+) -> dict[str, tuple[int, int, int]]:
+    """Profile ranges for the dynamic symbols: pruning takes Q anywhere in 1..num_queries;
+    the vocabulary K up to `max_vocabulary` (opt: COCO's 80, T = 257 CLIP tokens)."""
+    return {
+        'Q': (1, min(100, num_queries), num_queries),
+        'K': (1, min(80, max_vocabulary), max_vocabulary),
+        'T': (1, min(257, max_text_tokens), max_text_tokens),
+        'P': (1, min(16, max_vocabulary), max_vocabulary),
+    }
+
+
+_RANGE_FLAGS = {'Q': '--queries', 'K': '--classes', 'T': '--text-tokens', 'P': '--phrases'}
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Where the engines of one export live and what they must have been built with.
+
+    Attributes:
+        directory: `<engine_root>/<export_key>/<precision>/`.
+        options: build options of the plan's precision (see `graph_options`).
+        model_config: what of model.json determines an engine (model config, export key).
+        export_dir: the export folder (for the fix command in messages).
+        max_vocabulary: the largest vocabulary K the engines accept.
+        overrides: profile ranges given explicitly instead of the defaults.
+    """
+
+    directory: Path
+    options: BuildOptions
+    model_config: dict[str, object]
+    export_dir: Path
+    max_vocabulary: int
+    overrides: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def engine_path(self, graph: str) -> Path:
+        return self.directory / f'{graph}.engine'
+
+    def graph_options(self, graph: str) -> BuildOptions:
+        """Options for one graph: INT8 calibrates the encoder only (the decoder layers and
+        heads see encoder outputs, not images), so every other graph of an INT8 plan is FP16."""
+        if self.options.precision == 'int8' and graph != io_spec.ENCODER:
+            return replace(self.options, precision='fp16')
+        return self.options
+
+    @property
+    def build_hint(self) -> str:
+        """The `mobius build-engine` command that builds exactly these engines."""
+        flags = ''.join(
+            f' {_RANGE_FLAGS[s]} {":".join(map(str, r))}'
+            for s, r in sorted(self.overrides.items())
+        )
+        return (
+            f'mobius build-engine --onnx-dir {self.export_dir} --out {self.directory.parents[1]}'
+            f' --precision {self.options.precision} --max-vocabulary {self.max_vocabulary}{flags}'
+        )
+
+    def note(self) -> str:
+        """A hint when engines of this export exist only for other precisions."""
+        others = sorted(
+            p.name
+            for p in self.directory.parent.glob('*')
+            if p.is_dir() and p.name != self.directory.name and any(p.glob('*.engine'))
+        )
+        if not others:
+            return ''
+        return (
+            f'\n(engines of this export exist for precision {", ".join(others)} in'
+            f' {self.directory.parent}; the precision must match: {self.options.precision})'
+        )
+
+
+def engine_plan(
+    export_dir: str | Path,
+    meta: Mapping[str, object],
+    *,
+    engine_root: str | Path = DEFAULT_ENGINE_ROOT,
+    precision: str = DEFAULT_PRECISION,
+    max_vocabulary: int = DEFAULT_MAX_VOCABULARY,
+    ranges: Mapping[str, tuple[int, int, int]] | None = None,
+    workspace_mb: int = 2048,
+) -> EnginePlan:
+    """The one engine plan of an export, shared by `mobius build-engine` and the runtime.
+
+    Args:
+        export_dir: the export folder (`mobius export`).
+        meta: its parsed model.json; needs `config`, `export_key` and `dims.Q0` (or a Q range).
+        engine_root: the engine cache (`SegmenterConfig.engine_dir`), a writable folder.
+        precision: 'fp16', 'fp32' or 'int8'.
+        max_vocabulary: the largest vocabulary (K and the text batch P).
+        ranges: explicit (min, opt, max) per symbol, replacing the defaults.
+
+    Raises:
+        ModelLoadError: model.json lacks what an engine depends on.
+        ValueError: bad precision, vocabulary size or workspace.
+    """
+    if max_vocabulary < 1:
+        raise ValueError(f'max_vocabulary must be >= 1, got {max_vocabulary}')
+    overrides = dict(ranges or {})
+    key, config = meta.get('export_key'), meta.get('config')
+    if not isinstance(key, str) or not key or not isinstance(config, Mapping):
+        raise ModelLoadError(
+            f'{export_dir}/{io_spec.MODEL_JSON} has no export_key or config: re-export it'
+            ' with `mobius export`'
+        )
+    dims = meta.get('dims')
+    num_queries = dims.get('Q0') if isinstance(dims, Mapping) else None
+    if 'Q' in overrides:
+        num_queries = overrides['Q'][2]
+    if not isinstance(num_queries, int) or num_queries < 1:
+        raise ModelLoadError(
+            f'{export_dir}/{io_spec.MODEL_JSON} has no dims.Q0: give the query range'
+            ' (--queries MIN:OPT:MAX)'
+        )
+    all_ranges = {**default_ranges(num_queries, max_vocabulary=max_vocabulary), **overrides}
+    return EnginePlan(
+        directory=Path(engine_root).expanduser() / key / precision,
+        options=BuildOptions(precision, workspace_mb, all_ranges),
+        model_config={'config': dict(config), 'export_key': key},
+        export_dir=Path(export_dir),
+        max_vocabulary=max_vocabulary,
+        overrides=overrides,
+    )

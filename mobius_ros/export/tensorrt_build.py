@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,8 +24,9 @@ import numpy as np
 
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
-    PRECISIONS,
+    BuildOptions,
     EngineAction,
+    EnginePlan,
     Profiles,
     Sidecar,
     config_hash,
@@ -38,46 +39,6 @@ from mobius_ros.runtime.errors import ModelLoadError
 
 Log = Callable[[str], None]
 Feeds = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How to build one engine.
-
-    Attributes:
-        precision: 'fp16' (default), 'fp32' or 'int8' (INT8 with FP16 fallback; needs
-            calibration feeds).
-        workspace_mb: builder workspace limit.
-        ranges: (min, opt, max) of each dynamic io_spec symbol ('Q', 'K', 'T', 'P').
-        optimization_level: builder optimisation level 0-5 (None: TensorRT's default, 3).
-    """
-
-    precision: str = 'fp16'
-    workspace_mb: int = 2048
-    ranges: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    optimization_level: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
-        if self.workspace_mb < 1:
-            raise ValueError(f'workspace_mb must be >= 1, got {self.workspace_mb}')
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-def default_ranges(
-    num_queries: int, *, max_vocabulary: int = 256, max_text_tokens: int = 2048
-) -> dict[str, tuple[int, int, int]]:
-    """Profile ranges for the dynamic symbols: pruning takes Q anywhere in 1..num_queries;
-    the vocabulary K up to `max_vocabulary` (opt: COCO's 80, T = 257 CLIP tokens)."""
-    return {
-        'Q': (1, min(100, num_queries), num_queries),
-        'K': (1, min(80, max_vocabulary), max_vocabulary),
-        'T': (1, min(257, max_text_tokens), max_text_tokens),
-        'P': (1, min(16, max_vocabulary), max_vocabulary),
-    }
 
 
 def onnx_input_shapes(onnx_path: str | Path) -> dict[str, tuple[int | str | None, ...]]:
@@ -149,15 +110,23 @@ def expected_sidecar(
     model_config: Mapping[str, object],
     env: Mapping[str, str],
 ) -> Sidecar:
-    """The sidecar an engine built now from `onnx_path` with `options` would carry."""
+    """The sidecar an engine built now from `onnx_path` with `options` would carry.
+
+    The config hash covers exactly what determines the engine: the model config (with the
+    export key), the precision and this graph's profiles. Build resources (workspace,
+    optimisation level) are left out, so building with more workspace does not invalidate it.
+    """
+    profiles = plan_profiles(onnx_path, options.ranges)
     return Sidecar(
         tensorrt_version=env['tensorrt_version'],
         gpu_name=env['gpu_name'],
         compute_capability=env['compute_capability'],
         precision=options.precision,
-        profiles=plan_profiles(onnx_path, options.ranges),
+        profiles=profiles,
         onnx_sha256=file_sha256(onnx_path),
-        config_hash=config_hash(dict(model_config), options.to_dict()),
+        config_hash=config_hash(
+            dict(model_config), {'precision': options.precision, 'profiles': profiles}
+        ),
     )
 
 
@@ -335,36 +304,53 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def check_engine(
+    onnx_path: str | Path, plan: EnginePlan, *, policy: str, env: Mapping[str, str]
+) -> tuple[Path, EngineAction, list[str]]:
+    """Where the engine of `onnx_path` lives under `plan`, and whether to load or build it.
+
+    Pure (`env` is this machine's `environment()`), so CPU tests run the runtime's decision.
+
+    Raises:
+        ModelLoadError: the policy refuses a missing or mismatched engine; the message names
+            each mismatch and the `mobius build-engine` command that fixes it.
+    """
+    onnx_path = Path(onnx_path)
+    engine_path = plan.engine_path(onnx_path.stem)
+    options = plan.graph_options(onnx_path.stem)
+    expected = expected_sidecar(onnx_path, options, model_config=plan.model_config, env=env)
+    action, reasons = decide(
+        policy, engine_path, expected, build_hint=plan.build_hint, note=plan.note()
+    )
+    return engine_path, action, reasons
+
+
 def ensure_engine(
     onnx_path: str | Path,
-    engine_dir: str | Path,
-    options: BuildOptions,
+    plan: EnginePlan,
     *,
     policy: str,
-    model_config: Mapping[str, object],
     calibration: Iterable[Feeds] = (),
     log: Log = print,
     device: int = 0,
 ) -> Path:
-    """The engine for `onnx_path` in `engine_dir`: loaded as is, rebuilt, or refused by policy.
+    """The engine of `onnx_path` under `plan`: loaded as is, rebuilt, or refused by policy.
 
     Raises:
         ModelLoadError: the policy refuses a missing or mismatched engine, or the build fails.
     """
     onnx_path = Path(onnx_path)
-    engine_path = Path(engine_dir).expanduser() / f'{onnx_path.stem}.engine'
-    expected = expected_sidecar(
-        onnx_path, options, model_config=model_config, env=environment(device)
+    engine_path, action, reasons = check_engine(
+        onnx_path, plan, policy=policy, env=environment(device)
     )
-    hint = f'mobius build-engine --onnx-dir {onnx_path.parent} --out {engine_path.parent}'
-    action, reasons = decide(policy, engine_path, expected, build_hint=hint)
     if action is EngineAction.BUILD:
-        log(f'[build] rebuilding {engine_path.name}: ' + '; '.join(reasons))
+        verb = 'rebuilding' if engine_path.is_file() else 'building'
+        log(f'[build] {verb} {engine_path}: ' + '; '.join(reasons))
         build_engine(
             onnx_path,
             engine_path,
-            options,
-            model_config=model_config,
+            plan.graph_options(onnx_path.stem),
+            model_config=plan.model_config,
             calibration=calibration,
             log=log,
             device=device,

@@ -20,6 +20,7 @@ from mobius_ros.runtime.exported import FORMAT, ExportedModel, RunnerFactory, on
 from mobius_ros.runtime.predictor import GraphRunners
 
 if TYPE_CHECKING:
+    from mobius_ros.export.engine_cache import EnginePlan
     from mobius_ros.model.mobius import Mobius
     from mobius_ros.runtime.segmenter import SegmenterConfig
 
@@ -196,26 +197,32 @@ def _export_checkpoint(source: Path, directory: Path, input_size: tuple[int, int
     export_model(model, directory, ExportOptions(input_size=input_size))
 
 
+def tensorrt_plan(exported: ExportedModel, config: SegmenterConfig) -> EnginePlan:
+    """The engine plan of the runtime: `<engine_dir>/<export_key>/<precision>/`, the same
+    plan `mobius build-engine` makes with its defaults (engine root, precision, max_vocabulary),
+    so engines built ahead of time load without a rebuild."""
+    from mobius_ros.export.engine_cache import DEFAULT_PRECISION, engine_plan
+
+    return engine_plan(
+        exported.directory,
+        exported.meta,
+        engine_root=config.engine_dir,
+        precision=DEFAULT_PRECISION,
+        max_vocabulary=config.max_vocabulary,
+    )
+
+
 def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> RunnerFactory:
-    """Engines built (or validated) per graph under `<export>/tensorrt/`, by build policy."""
-    from mobius_ros.export.tensorrt_build import BuildOptions, default_ranges, ensure_engine
+    """Engines of `tensorrt_plan`, validated or built per graph by build policy."""
+    from mobius_ros.export.tensorrt_build import ensure_engine
     from mobius_ros.runtime.tensorrt_runner import TensorRTRunner
 
     device = int(config.device.split(':')[1]) if config.device.startswith('cuda:') else 0
-    ranges = default_ranges(exported.num_queries, max_vocabulary=config.max_vocabulary)
-    options = BuildOptions(ranges=ranges)
-    engine_dir = exported.directory / 'tensorrt'
-    model_config = {'config': exported.meta['config'], 'export_key': exported.export_key}
+    plan = tensorrt_plan(exported, config)
 
     def make(name: str, path: Path) -> TensorRTRunner:
         engine = ensure_engine(
-            path,
-            engine_dir,
-            options,
-            policy=config.build_policy,
-            model_config=model_config,
-            log=_LOG.info,
-            device=device,
+            path, plan, policy=config.build_policy, log=_LOG.info, device=device
         )
         return TensorRTRunner(engine, device=device, name=name)
 

@@ -15,7 +15,13 @@ trt = pytest.importorskip('tensorrt')
 pytest.importorskip('pycuda.driver')
 onnx = pytest.importorskip('onnx')
 
-from mobius_ros.export.engine_cache import EngineAction, decide, read_sidecar  # noqa: E402
+from mobius_ros.export.engine_cache import (  # noqa: E402
+    EngineAction,
+    decide,
+    engine_plan,
+    read_sidecar,
+    write_sidecar,
+)
 from mobius_ros.export.tensorrt_build import (  # noqa: E402
     BuildOptions,
     build_engine,
@@ -113,18 +119,27 @@ def test_sidecar_describes_this_machine(built: tuple[Path, Path]) -> None:
     assert decide('never', engine, expected) == (EngineAction.LOAD, [])
 
 
-def test_ensure_engine_rebuilds_a_mismatched_engine(built: tuple[Path, Path]) -> None:
+def test_ensure_engine_rebuilds_a_mismatched_engine(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
     onnx_path, engine = built
-    before = engine.stat().st_mtime_ns
-    lines: list[str] = []
-    path = ensure_engine(
-        onnx_path,
-        engine.parent,
-        BuildOptions(precision='fp16', ranges=RANGES),
-        policy='if_mismatched',
-        model_config={'test': 1},
-        log=lines.append,
+    meta = {'config': {'test': 1}, 'export_key': 'k', 'dims': {'Q0': 32}}
+    plan = engine_plan(
+        onnx_path.parent, meta, engine_root=tmp_path, precision='fp16', ranges=RANGES
     )
-    assert path == engine and engine.stat().st_mtime_ns != before
+    # An fp32 engine where the fp16 plan looks: stale, so it is rebuilt in place.
+    target = plan.engine_path(onnx_path.stem)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(engine.read_bytes())
+    write_sidecar(target, read_sidecar(engine))
+    before = target.stat().st_mtime_ns
+    lines: list[str] = []
+    path = ensure_engine(onnx_path, plan, policy='if_mismatched', log=lines.append)
+    assert path == target == tmp_path / 'k' / 'fp16' / 'decoder_layer_0.engine'
+    assert target.stat().st_mtime_ns != before
     assert any('rebuilding' in line and 'precision' in line for line in lines)
-    assert read_sidecar(engine).precision == 'fp16'
+    assert read_sidecar(target).precision == 'fp16'
+    # Now it matches: the runtime's policy 'never' loads it, and it runs.
+    assert ensure_engine(onnx_path, plan, policy='never', log=lines.append) == target
+    with TensorRTRunner(target) as runner:
+        assert runner.infer(_feeds(8, 4))['logits'].shape == (1, 8, 4)

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from mobius_ros.export.engine_cache import EngineAction, decide, write_sidecar
-from mobius_ros.export.tensorrt_build import (
+from mobius_ros.export.engine_cache import (
     BuildOptions,
+    EngineAction,
+    decide,
     default_ranges,
+    write_sidecar,
+)
+from mobius_ros.export.tensorrt_build import (
     expected_sidecar,
     onnx_input_shapes,
     plan_profiles,
@@ -114,6 +118,10 @@ def test_expected_sidecar_tracks_onnx_config_and_options(tmp_path: Path) -> None
     for other in changed:
         with pytest.raises(ModelLoadError):
             decide('if_missing', engine, other)
+    # Build resources do not change what the engine computes, so they do not invalidate it.
+    roomy = BuildOptions(workspace_mb=8192, ranges=options.ranges, optimization_level=5)
+    same = expected_sidecar(path, roomy, model_config=model, env=ENV)
+    assert decide('never', engine, same) == (EngineAction.LOAD, [])
     decoder_like_graph(path, named=False)  # same graph, different bytes
     with pytest.raises(ModelLoadError, match='onnx_sha256'):
         decide('never', engine, expected_sidecar(path, options, model_config=model, env=ENV))

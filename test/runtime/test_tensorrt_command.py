@@ -27,7 +27,8 @@ def _export_dir(tmp_path: Path) -> Path:
         graph = helper.make_graph([node], f'layer{layer}', inputs, [output])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
         onnx.save(model, folder / f'decoder_layer_{layer}.onnx')
-    (folder / 'model.json').write_text(json.dumps({'config': {'num_queries': 50}}))
+    meta = {'config': {'num_queries': 50}, 'export_key': 'feedc0de', 'dims': {'Q0': 50}}
+    (folder / 'model.json').write_text(json.dumps(meta))
     return folder
 
 
@@ -38,6 +39,9 @@ def test_dry_run_prints_profiles_for_each_graph(
     args = ['build-engine', '--onnx-dir', str(folder), '--dry-run', '--queries', '1:20:50']
     assert main(args) == 0
     out = capsys.readouterr().out
+    # The plan's folder, under the node's default engine_dir.
+    root = Path('~/.cache/mobius_ros/engines').expanduser()
+    assert f'engines: {root / "feedc0de" / "fp16"}' in out
     assert 'decoder_layer_0: sha256' in out and 'decoder_layer_1: sha256' in out
     assert 'queries: min [1, 1, 8] opt [1, 20, 8] max [1, 50, 8]' in out
     assert 'reference_boxes: min [1, 1, 4] opt [1, 20, 4] max [1, 50, 4]' in out
@@ -57,6 +61,7 @@ def test_num_queries_comes_from_model_json(
     ('extra', 'message'),
     [
         (['--graphs', 'nope'], "no graphs ['nope']"),
+        (['--max-vocabulary', '0'], 'max_vocabulary must be >= 1'),
         (['--precision', 'int8', '--dry-run', '--graphs', 'decoder_layer_0'], None),
     ],
 )
@@ -83,6 +88,15 @@ def test_missing_export_and_missing_tensorrt(
         folder = _export_dir(tmp_path)
         assert main(['build-engine', '--onnx-dir', str(folder), '--out', str(tmp_path / 'e')]) == 2
         assert "'jetson' extra" in capsys.readouterr().err
+
+
+def test_model_json_without_export_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _export_dir(tmp_path)
+    (folder / 'model.json').write_text(json.dumps({'config': {}, 'dims': {'Q0': 50}}))
+    assert main(['build-engine', '--onnx-dir', str(folder), '--dry-run']) == 2
+    assert 'no export_key' in capsys.readouterr().err
 
 
 def test_bad_range_is_an_argument_error(tmp_path: Path) -> None:

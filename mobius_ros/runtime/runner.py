@@ -177,6 +177,9 @@ def _ort_spec(node: object) -> TensorSpec:
     return TensorSpec(node.name, _ORT_DTYPES[type_name], shape)  # type: ignore[attr-defined]
 
 
+_ORT_SPINNING = 'session.intra_op.allow_spinning'
+
+
 class OnnxRuntimeRunner(RunnerBase):
     """Runs one ONNX graph with ONNX Runtime.
 
@@ -185,6 +188,10 @@ class OnnxRuntimeRunner(RunnerBase):
         providers: execution providers in priority order; default CPU only, so results do not
             depend on which onnxruntime build happens to be installed. Each must be available.
         intra_op_threads: threads inside one operator (None: onnxruntime's default, all cores).
+        spinning: let the intra-op threads busy-wait after each call (onnxruntime's default).
+            Off by default: the predictor runs one session per split graph, and idle pools
+            spinning while the next graph computes made the split path ~10x slower on a loaded
+            2-core CPU (bench/README.md).
         name: label used in error messages (default: the file name).
     """
 
@@ -194,6 +201,7 @@ class OnnxRuntimeRunner(RunnerBase):
         *,
         providers: Sequence[str] = ('CPUExecutionProvider',),
         intra_op_threads: int | None = None,
+        spinning: bool = False,
         name: str | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -215,6 +223,7 @@ class OnnxRuntimeRunner(RunnerBase):
         # One graph call at a time per runner: inter-op parallelism only adds thread contention.
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.add_session_config_entry(_ORT_SPINNING, '1' if spinning else '0')
         try:
             self._session = ort.InferenceSession(
                 str(path), sess_options=options, providers=list(providers)

@@ -149,3 +149,12 @@ def test_torch_runner_agrees_with_onnxruntime(graph_path: Path, weight: np.ndarr
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5)
         with pytest.raises(RunnerInputError, match="'keep'"):
             runner.infer({**feeds, 'keep': feeds['keep'].astype(np.int32)})
+
+
+@pytest.mark.parametrize('spinning', [False, True])
+def test_ort_thread_spinning_is_off_unless_asked(graph_path: Path, spinning: bool) -> None:
+    runner = OnnxRuntimeRunner(graph_path, intra_op_threads=1, spinning=spinning)
+    options = runner._session.get_session_options()
+    assert options.get_session_config_entry('session.intra_op.allow_spinning') == str(
+        int(spinning)
+    )

@@ -201,13 +201,13 @@ def tensorrt_plan(exported: ExportedModel, config: SegmenterConfig) -> EnginePla
     """The engine plan of the runtime: `<engine_dir>/<export_key>/<precision>/`, the same
     plan `mobius build-engine` makes with its defaults (engine root, precision, max_vocabulary),
     so engines built ahead of time load without a rebuild."""
-    from mobius_ros.export.engine_cache import DEFAULT_PRECISION, engine_plan
+    from mobius_ros.export.engine_cache import engine_plan
 
     return engine_plan(
         exported.directory,
         exported.meta,
         engine_root=config.engine_dir,
-        precision=DEFAULT_PRECISION,
+        precision=config.engine_precision,
         max_vocabulary=config.max_vocabulary,
     )
 

@@ -27,6 +27,7 @@ from types import TracebackType
 
 import numpy as np
 
+from mobius_ros.export.engine_cache import PRECISIONS
 from mobius_ros.model.pruning import PruningConfig
 from mobius_ros.runtime.backends import open_backend, resolve_checkpoint
 from mobius_ros.runtime.budget import BudgetController
@@ -46,6 +47,7 @@ _LOG = logging.getLogger(__name__)
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 BUILD_POLICIES = ('never', 'if_missing', 'if_mismatched')
+ENGINE_PRECISIONS = PRECISIONS
 
 __all__ = [
     'Segmenter',
@@ -67,6 +69,8 @@ class SegmenterConfig:
         engine_dir: where exports and engines are cached (never the install tree).
         build_policy: 'never' (missing exports/engines are errors), 'if_missing', or
             'if_mismatched' (also rebuild stale engines).
+        engine_precision: TensorRT engines to use or build: 'fp16', 'fp32' or 'int8' (INT8
+            engines must be built ahead of time with calibration images: `mobius build-engine`).
         input_size: (H, W) fixed letterbox canvas, multiples of 32.
         score_threshold, max_detections: post-processing.
         pruning: decoder query pruning (ignored while a latency budget is set).
@@ -80,6 +84,7 @@ class SegmenterConfig:
     backend: str = 'onnxruntime'
     engine_dir: str = '~/.cache/mobius_ros/engines'
     build_policy: str = 'if_mismatched'
+    engine_precision: str = 'fp16'
     input_size: tuple[int, int] = (384, 512)
     score_threshold: float = 0.3
     max_detections: int = 100
@@ -96,6 +101,11 @@ class SegmenterConfig:
         if self.build_policy not in BUILD_POLICIES:
             raise ValueError(
                 f'build_policy must be one of {BUILD_POLICIES}, got {self.build_policy!r}'
+            )
+        if self.engine_precision not in ENGINE_PRECISIONS:
+            raise ValueError(
+                f'engine_precision must be one of {ENGINE_PRECISIONS},'
+                f' got {self.engine_precision!r}'
             )
         h, w = self.input_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:

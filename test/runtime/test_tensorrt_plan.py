@@ -168,6 +168,16 @@ def test_other_precision_is_refused_naming_the_one_found(tmp_path: Path) -> None
         check_engine(exported.graph_path('mask_head'), plan, policy='never', env=ENV)
 
 
+def test_fp32_engines_built_ahead_load_when_the_node_asks_for_fp32(tmp_path: Path) -> None:
+    export = _export(tmp_path / 'export')
+    root = tmp_path / 'cache'
+    _build_ahead(_command_plan(export, '--out', str(root), '--precision', 'fp32'), export)
+    found = _runtime_check(export, root, engine_precision='fp32')
+    assert {p.parent for p in found} == {root / KEY / 'fp32'}
+    with pytest.raises(ValueError, match='engine_precision'):
+        SegmenterConfig(engine_precision='fp8')
+
+
 def test_int8_plan_builds_only_the_encoder_in_int8(tmp_path: Path) -> None:
     meta = {'config': {}, 'export_key': KEY, 'dims': {'Q0': Q0}}
     plan = engine_plan(tmp_path, meta, engine_root=tmp_path / 'e', precision='int8')

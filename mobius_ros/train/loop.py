@@ -134,6 +134,8 @@ def train(
 
     out_dir = Path(out_dir)
     device = device or default_device()
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     info = setup_distributed(device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)

@@ -1,0 +1,128 @@
+"""`mobius eval`: COCO AP, agnostic AR@100, referring P@0.5 and the pruning study.
+
+    mobius eval                                   # the bundled demo model, synthetic test split
+    mobius eval --checkpoint runs/demo/model.safetensors --pruning-study --out results.json
+    mobius eval --checkpoint m.safetensors --annotations instances_val2017.json \\
+        --images val2017 --size 384 --tasks vocabulary,agnostic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TASKS = ('vocabulary', 'agnostic', 'referring')
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--checkpoint', help='.safetensors checkpoint (default: the bundled demo model)'
+    )
+    parser.add_argument(
+        '--annotations', type=Path, help='COCO instances JSON (default: synthetic test scenes)'
+    )
+    parser.add_argument('--images', type=Path, help='image folder of --annotations')
+    parser.add_argument('--num', type=int, default=200, help='synthetic images (default 200)')
+    parser.add_argument(
+        '--size', type=int, help='synthetic image side / COCO short side (default: trained size)'
+    )
+    parser.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    parser.add_argument('--seed', type=int, default=0, help='synthetic generator seed')
+    parser.add_argument(
+        '--tasks', default=','.join(TASKS), help=f'comma-separated subset of {",".join(TASKS)}'
+    )
+    parser.add_argument(
+        '--pruning-study',
+        action='store_true',
+        help='AP, queries kept per layer and decoder MACs for pruning off and each trajectory',
+    )
+    parser.add_argument('--min-keep', type=int, default=30, help='min_keep of the pruning study')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--out', type=Path, help='write all metrics as JSON here')
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    import torch
+
+    from mobius_ros.model.checkpoint import load_checkpoint
+    from mobius_ros.train.eval_loop import EvalSettings, evaluate_model
+    from mobius_ros.train.eval_sets import coco_eval_set, synthetic_eval_set
+
+    tasks = tuple(t.strip() for t in args.tasks.split(',') if t.strip())
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise SystemExit(f'unknown tasks {unknown}; choose from {TASKS}')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoint = _checkpoint_path(args.checkpoint)
+    model = load_checkpoint(checkpoint, device=args.device)
+    size = args.size or _trained_size(checkpoint)
+    if args.annotations is not None:
+        if args.images is None:
+            raise SystemExit('--annotations needs --images')
+        data = coco_eval_set(args.annotations, args.images, short_side=size)
+        tasks = tuple(t for t in tasks if t != 'referring')  # no referring ground truth there
+        source = str(args.annotations)
+    else:
+        data = synthetic_eval_set(num_images=args.num, size=size, split=args.split, seed=args.seed)
+        source = f'synthetic {args.split} split, {args.num} images at {size} px, seed {args.seed}'
+    settings = EvalSettings(batch_size=args.batch_size, pruning_min_keep=args.min_keep)
+    results = evaluate_model(
+        model, data, settings=settings, tasks=tasks, with_pruning_study=args.pruning_study
+    )
+    results = {'checkpoint': str(checkpoint), 'data': source, **results}
+    print(_summary(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + '\n')
+    return 0
+
+
+def _checkpoint_path(checkpoint: str | None) -> Path:
+    if checkpoint is not None:
+        return Path(checkpoint)
+    from mobius_ros.runtime.backends import resolve_checkpoint
+
+    return resolve_checkpoint(None)
+
+
+def _trained_size(checkpoint: Path) -> int:
+    """The training size recorded beside a run's checkpoint (recipe.yaml), else 160."""
+    import yaml
+
+    for recipe_file in (checkpoint.parent / 'recipe.yaml', checkpoint.with_suffix('.recipe.yaml')):
+        if recipe_file.is_file():
+            recipe = yaml.safe_load(recipe_file.read_text())
+            return int(recipe['short_sides'][0])
+    return 160
+
+
+def _summary(results: dict) -> str:
+    """The headline numbers, one per line."""
+    lines = [f'checkpoint: {results["checkpoint"]}', f'data: {results["data"]}']
+    headline = [
+        ('mask AP', 'segm/AP'),
+        ('box AP', 'bbox/AP'),
+        ('agnostic mask AR@100', 'agnostic/segm/AR100'),
+        ('agnostic box AR@100', 'agnostic/bbox/AR100'),
+        ('referring P@0.5 (all)', 'referring/all/P@0.5'),
+        ('referring P@0.5 (seen phrasings)', 'referring/seen/P@0.5'),
+        ('referring P@0.5 (held-out phrasings)', 'referring/held_out/P@0.5'),
+        ('referring oIoU (all)', 'referring/all/oIoU'),
+    ]
+    for label, key in headline:
+        if key in results:
+            lines.append(f'{label:38s} {results[key]:6.1f}')
+    for row in results.get('pruning_study', []):
+        kept = '/'.join(f'{k:g}' for k in row['queries_kept'])
+        lines.append(
+            f'pruning {row["trajectory"]:12s} mask AP {row["mask_AP"]:5.1f}  box AP'
+            f' {row["box_AP"]:5.1f}  decoder {row["decoder_MMACs"]:7.1f} MMACs  kept {kept}'
+        )
+    return '\n'.join(lines)

@@ -150,8 +150,11 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_recipe(recipe, out_dir)
     if resume and (last := latest_checkpoint(out_dir)) is not None:
+        # Restores rank 0's random state too, so a single process resumes bit for bit.
         start = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
-    seed_everything(recipe.seed + 1000 * info.rank + start)  # fresh, rank-specific data draws
+    if start == 0 or info.rank > 0:
+        # Rank-specific random draws (point sampling); the data stream has its own seeds.
+        seed_everything(recipe.seed + 1000 * info.rank + start)
     ddp = _wrap(model, info, device)
     with_text = stores_text_encoder(recipe)
     criterion = SetCriterion(HungarianMatcher(recipe.match), recipe.loss)

@@ -127,3 +127,59 @@ def test_metrics_csv_and_plot(tmp_path: Path) -> None:
     assert data['step'] == [1.0, 2.0, 3.0] and data['loss'][-1] == pytest.approx(1.0)
     assert plot_curves(tmp_path / 'metrics.csv', tmp_path / 'curves.png') is not None
     assert (tmp_path / 'curves.png').stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    """2 steps + resume to 4 == 4 steps straight: weights, optimiser, schedule and data."""
+    from safetensors.torch import load_file
+
+    from mobius_ros.train.loop import train
+
+    recipe = RECIPES['tiny'].replace(iterations=4, checkpoint_every=2)
+    straight = train(recipe, tmp_path / 'straight', progress=False)
+    train(recipe.replace(iterations=2), tmp_path / 'resumed', progress=False)
+    resumed = train(recipe, tmp_path / 'resumed', resume=True, progress=False)
+    assert resumed.steps == 4
+    a, b = load_file(straight.model_path), load_file(resumed.model_path)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert read_metrics(tmp_path / 'resumed' / 'metrics.csv')['step'][-1] == 4.0
+
+
+def test_prediction_pastes_masks_and_boxes_back_to_the_original_image() -> None:
+    """A 64x96 image resized to 32x48 inside a 64x64 tensor: outputs come back at 64x96."""
+    import numpy as np
+
+    from mobius_ros.runtime.result import Task
+    from mobius_ros.train.data.sample import Sample
+    from mobius_ros.train.eval_loop import EvalSettings, to_prediction
+
+    sample = Sample(
+        image=torch.zeros(3, 32, 48),
+        boxes=np.zeros((0, 4), np.float32),
+        labels=np.zeros(0, np.int64),
+        masks=None,
+        phrases=('a', 'b'),
+        orig_size=(64, 96),
+    )
+    logits = torch.tensor([[-5.0, 4.0], [-6.0, -6.0]])
+    # query 0: box covering the left half of the image content (x 0..24, y 0..32 of 64x64)
+    boxes = torch.tensor([[12 / 64, 16 / 64, 24 / 64, 32 / 64], [0.5, 0.5, 0.1, 0.1]])
+    masks = torch.full((2, 16, 16), -10.0)
+    masks[0, 0:8, 0:6] = 10.0  # the same left half at stride 4
+    prediction = to_prediction(
+        logits,
+        boxes,
+        masks,
+        tensor_hw=(64, 64),
+        sample=sample,
+        task=Task.VOCABULARY,
+        settings=EvalSettings(score_threshold=0.5),
+    )
+    assert len(prediction) == 1 and prediction.labels == ['b']
+    np.testing.assert_allclose(prediction.boxes[0], [0, 0, 48, 64], atol=1e-4)
+    assert prediction.masks.shape == (1, 64, 96)
+    assert prediction.masks[0, :, :44].mean() > 0.95 and not prediction.masks[0, :, 52:].any()
+    assert prediction.scores[0] == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), 1e-3)

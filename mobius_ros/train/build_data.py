@@ -123,12 +123,13 @@ def build_dataset(spec: DatasetSpec, recipe: Recipe, transform: Transform) -> Se
             transform=transform,
             seed=recipe.seed,
         )
-    from mobius_ros.train.data.refer import RefDataset
+    from mobius_ros.train.data.refer import ReferringDataset
 
-    return RefDataset(
+    return ReferringDataset(
         spec.annotations,
         spec.instances,
         spec.images,
+        split='train',
         name=spec.name,
         box_only=spec.box_only,
         transform=transform,

@@ -72,11 +72,14 @@ def test_uncertain_points_prefer_the_boundary() -> None:
     # A ramp crossing 0 at x = 0.5: the closer to the edge, the less certain.
     x = (torch.arange(32) + 0.5) / 32
     logits = (20 * (0.5 - x)).expand(1, 1, 32, 32)
-    points = uncertain_points(logits, 100, importance_ratio=1.0)
+    generator = torch.Generator().manual_seed(0)
+    points = uncertain_points(logits, 100, importance_ratio=1.0, generator=generator)
     assert points.shape == (1, 100, 2)
     distance = (points[0, :, 0] - 0.5).abs()
     assert distance.mean().item() < 0.12  # uniform points: 0.25
-    assert distance.max().item() < 0.3
+    # Bilinear sampling pads with zeros, so the outermost half pixel also looks uncertain
+    # (as in Mask2Former); everything else chosen lies near the edge.
+    assert (distance < 0.25).float().mean().item() > 0.9
 
 
 def test_good_predictions_cost_less_and_every_layer_gets_gradients() -> None:

@@ -274,11 +274,28 @@ def run_pruning(
     backends: tuple[str, ...],
     ort_spinning: bool = False,
     stand_in_text: bool = False,
+    on_progress: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
-    """Measure every variant; a variant that cannot be built is recorded as skipped."""
+    """Measure every variant; a variant that cannot be built is recorded as skipped.
+
+    `on_progress` gets the payload so far after each variant (big variants take many minutes
+    on the shared CPU; an interrupted run keeps what it measured).
+    """
     fix_threads(timing.threads)
     env = environment(timing)
     entries: list[dict[str, Any]] = []
+    pending = list(variants)
+
+    def payload() -> dict[str, Any]:
+        return {
+            **_header(backends, ort_spinning, stand_in_text),
+            'input_hw': list(size),
+            'kept_fraction': kept_fraction,
+            'variants_not_measured': list(pending),
+            'environment': env,
+            'results': entries,
+        }
+
     for variant in variants:
         try:
             measured = measure_variant(
@@ -294,8 +311,15 @@ def run_pruning(
             skip = Skipped(variant, f'{type(error).__name__}: {error}'[:500])
             measured = [{**skipped_entry(skip), 'configuration': 'all'}]
         entries += measured
+        pending.remove(variant)
         _print(measured)
+        if on_progress is not None:
+            on_progress(payload())
         gc.collect()
+    return payload()
+
+
+def _header(backends: tuple[str, ...], ort_spinning: bool, stand_in_text: bool) -> dict[str, Any]:
     return {
         'benchmark': 'pruning',
         'description': 'Random weights, batch 1, 80 COCO names as cached text. torch: '
@@ -315,10 +339,6 @@ def run_pruning(
         'backends': list(backends),
         'ort_spinning': ort_spinning,
         'stand_in_text': stand_in_text,
-        'input_hw': list(size),
-        'kept_fraction': kept_fraction,
-        'environment': env,
-        'results': entries,
     }
 
 
@@ -370,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         backends=tuple(args.backends),
         ort_spinning=args.ort_spinning,
         stand_in_text=args.stand_in_text,
+        on_progress=lambda partial: write_results(args.output, partial),
     )
     print(f'wrote {write_results(args.output, payload)}')
     return 0

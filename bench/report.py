@@ -130,6 +130,9 @@ def render_pruning(payload: Mapping[str, Any]) -> list[str]:
             ]
         )
     lines = _table(header, rows + _skipped_rows(payload['results'], len(header)))
+    if payload.get('variants_not_measured'):
+        missing = ', '.join(payload['variants_not_measured'])
+        lines += ['', f'Not measured (the run stopped before them): {missing}.']
     if payload.get('note'):
         lines += ['', payload['note']]
     return lines

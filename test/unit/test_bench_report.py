@@ -66,6 +66,7 @@ def _pruning() -> dict[str, Any]:
         'input_hw': [384, 512],
         'environment': ENV,
         'note': 'Kept-query counts forced by threshold.',
+        'variants_not_measured': ['MOBIUS-R50'],
         'results': [
             {
                 'name': 'MOBIUS-mobile-lite',
@@ -151,6 +152,7 @@ def test_pruning_and_budget_tables() -> None:
     (pruned,) = _rows(report, 'MOBIUS-mobile-lite')
     assert pruned[1:] == ['split + pruned', '100', '80.0', '90.0', '0.78', '1.23', '0.34']
     assert 'Kept-query counts forced by threshold.' in report
+    assert 'Not measured (the run stopped before them): MOBIUS-R50.' in report
     tight, loose = _rows(report, '50') + _rows(report, '200')
     assert tight[1:4] == ['61.5', '70.2', 'no']
     assert loose[3] == 'yes'

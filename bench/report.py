@@ -176,18 +176,26 @@ SECTIONS = (
 )
 
 
-def load_results(directory: Path) -> dict[str, Any]:
-    """Every known results file that exists, by benchmark name."""
-    loaded = {}
+def load_results(directory: Path) -> dict[str, list[Any]]:
+    """Results files by benchmark name: `<name>.json`, then `<name>_<part>.json` in name order.
+
+    Parts are separate runs (e.g. the big variants measured apart); each keeps its own
+    environment line, since milliseconds of different runs are not comparable.
+    """
+    loaded: dict[str, list[Any]] = {}
     for name, _, _ in SECTIONS:
-        path = directory / f'{name}.json'
-        if path.exists():
-            loaded[name] = json.loads(path.read_text())
+        paths = [directory / f'{name}.json', *sorted(directory.glob(f'{name}_*.json'))]
+        payloads = [json.loads(p.read_text()) for p in paths if p.exists()]
+        # A part's benchmark field must match, so 'budget_curve' never swallows other files.
+        payloads = [p for p in payloads if p.get('benchmark', name) == name]
+        if payloads:
+            loaded[name] = payloads
     return loaded
 
 
 def build_report(results: Mapping[str, Any]) -> str:
-    """The markdown document for `results` (as returned by `load_results`)."""
+    """The markdown document for `results` (as returned by `load_results`; a single payload
+    per benchmark is accepted too)."""
     lines = [
         '# Performance',
         '',
@@ -197,14 +205,19 @@ def build_report(results: Mapping[str, Any]) -> str:
     ]
     for name, title, render in SECTIONS:
         lines += ['', f'## {title}', '']
-        payload = results.get(name)
-        if payload is None:
+        value = results.get(name)
+        if not value:
             lines.append(f'Not measured yet: run `{COMMANDS[name]}`.')
             continue
-        if payload.get('description'):
-            lines += [payload['description'], '']
-        lines += [f'Measured on: {describe_environment(payload)}.', '']
-        lines += render(payload)
+        payloads = value if isinstance(value, list) else [value]
+        if payloads[0].get('description'):
+            lines += [payloads[0]['description'], '']
+        for payload in payloads:
+            lines += [f'Measured on: {describe_environment(payload)}.', '']
+            if payload.get('ort_spinning'):
+                lines += ['ONNX Runtime thread spinning ON (its default) in this run.', '']
+            lines += [*render(payload), '']
+        lines.pop()
     return '\n'.join(lines) + '\n'
 
 

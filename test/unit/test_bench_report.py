@@ -168,11 +168,22 @@ def test_missing_results_say_how_to_make_them() -> None:
 def test_main_reads_directory_and_writes_markdown(tmp_path: Path) -> None:
     (tmp_path / 'peers.json').write_text(json.dumps(_peers()))
     (tmp_path / 'unrelated.json').write_text('{}')
-    assert set(load_results(tmp_path)) == {'peers'}
+    big = {**_pruning(), 'ort_spinning': True}
+    big['results'] = [{**big['results'][0], 'name': 'MOBIUS-R50'}]
+    (tmp_path / 'pruning.json').write_text(json.dumps(_pruning()))
+    (tmp_path / 'pruning_big.json').write_text(json.dumps(big))
+    (tmp_path / 'pruning_other.json').write_text(json.dumps({'benchmark': 'peers'}))
+    loaded = load_results(tmp_path)
+    assert set(loaded) == {'peers', 'pruning'}
+    assert [len(p['results']) for p in loaded['pruning']] == [2, 1]
     assert main(['--results', str(tmp_path)]) == 0
     text = (tmp_path / 'performance.md').read_text()
     assert text == build_report(load_results(tmp_path))
     assert 'YOLOv8n-seg' in text
+    # Both pruning runs are tabulated, each under its own environment line.
+    assert _rows(text, 'MOBIUS-R50') and _rows(text, 'MOBIUS-mobile-lite')
+    assert text.count('Measured on:') == 3
+    assert text.count('thread spinning ON') == 1
 
 
 def test_percentile_matches_linear_interpolation() -> None:

@@ -278,7 +278,9 @@ def pruning_study(
         macs = []
         for sample in data.samples[: settings.flops_images]:
             image = collate([sample]).images.to(device)
-            with torch.inference_mode():
+            # no_grad, not inference_mode: the MAC counter's dispatch mode sees no ops under
+            # inference_mode.
+            with torch.no_grad():
                 counted = count_model_forward(model, image, features, pruning=config)
             macs.append(counted.components[DECODER] / 1e6)
         rows.append(

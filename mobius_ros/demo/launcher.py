@@ -63,7 +63,7 @@ class NodeProcess:
     log_path: Path
     namespace: str
 
-    def name(self, relative: str) -> str:
+    def topic(self, relative: str) -> str:
         """Full name of one of the node's topics or services."""
         return f'{self.namespace}/{relative}'
 
@@ -84,6 +84,17 @@ class NodeProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> bool:
+        """True once `text` is in the log; False if the node exits or `timeout` passes first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.1)
+        return False
 
     def wait_ready(self, timeout: float) -> str | None:
         """None once the node is active; otherwise why not (failed, exited or timed out)."""

@@ -7,23 +7,21 @@ discovery. Tests marked `ros` skip with the reason when rclpy (the ros-jazzy whe
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mobius_ros.demo.launcher import NodeProcess
+from mobius_ros.demo.launcher import start_node as launch_node
 
 # Before anything imports rclpy: this run's own DDS domain, discovery on loopback only.
 os.environ['ROS_DOMAIN_ID'] = str(100 + os.getpid() % 100)
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 
-REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = '/mobius_test'
 
 
@@ -85,44 +83,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@dataclass
-class NodeProcess:
-    """The node under test, running in its own process; its log goes to a file."""
-
-    process: subprocess.Popen
-    log_path: Path
-    namespace: str
-
-    def topic(self, name: str) -> str:
-        """The full name of one of the node's topics or services."""
-        return f'{self.namespace}/{name}'
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors='replace')
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_for_log(self, text: str, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if not self.alive():
-                return False
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 StartNode = Callable[..., NodeProcess]
 
 
@@ -135,31 +95,20 @@ def start_node(interfaces: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         *, namespace: str = NAMESPACE, without_msgs: bool = False, **parameters: Any
     ) -> NodeProcess:
         env = interfaces.environment()
-        env['PYTHONPATH'] = os.pathsep.join([str(REPO), env['PYTHONPATH']])
-        env['PYTHONUNBUFFERED'] = '1'
-        env['HF_HUB_OFFLINE'] = '1'
-        env['RCUTILS_LOGGING_BUFFERED_STREAM'] = '0'
         if without_msgs:
             if getattr(interfaces, 'installed', False):
                 pytest.skip('mobius_ros_msgs is installed in this workspace; cannot hide it')
             # Only mobius_ros_msgs goes missing: a second prefix holds vision_msgs alone.
-            env['PYTHONPATH'] = os.pathsep.join([str(REPO), _vision_only(interfaces)])
+            env['PYTHONPATH'] = _vision_only(interfaces)
         cache = tmp_path_factory.mktemp('cache')
         parameters.setdefault('cache_dir', str(cache / 'text'))
         parameters.setdefault('engine_dir', str(cache / 'engines'))
-        arguments = ['--ros-args', '-r', f'__ns:={namespace}', '--log-level', 'mobius:=info']
-        for name, value in parameters.items():
-            arguments += ['-p', f'{name}:={_yaml(value)}']
-        log_path = tmp_path_factory.mktemp('node') / 'node.log'
-        with open(log_path, 'w') as log:
-            process = subprocess.Popen(
-                [sys.executable, '-m', 'mobius_ros.ros.node', *arguments],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
-            )
-        node = NodeProcess(process, log_path, namespace)
+        node = launch_node(
+            environment=env,
+            parameters=parameters,
+            namespace=namespace,
+            log_path=tmp_path_factory.mktemp('node') / 'node.log',
+        )
         started.append(node)
         return node
 
@@ -176,16 +125,6 @@ def _vision_only(interfaces: Any) -> str:
     if not link.exists():
         link.symlink_to(site / 'vision_msgs')
     return str(only)
-
-
-def _yaml(value: Any) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, list | tuple):
-        return '[' + ','.join(f"'{v}'" for v in value) + ']'
-    if isinstance(value, str):
-        return f"'{value}'"
-    return str(value)
 
 
 @pytest.fixture(scope='session')

@@ -61,6 +61,7 @@ def _data() -> EvalSet:
     return synthetic_eval_set(num_images=24, size=SIZE, split='val')
 
 
+@pytest.mark.slow
 def test_short_training_beats_chance_by_a_wide_margin(trained: tuple[Path, float]) -> None:
     checkpoint, chance = trained
     model = load_checkpoint(checkpoint)
@@ -69,6 +70,7 @@ def test_short_training_beats_chance_by_a_wide_margin(trained: tuple[Path, float
     assert learned >= chance + 12.0, f'{METRIC}: {learned:.1f} after training, {chance:.1f} before'
 
 
+@pytest.mark.slow
 def test_eval_command_reports_tasks_and_the_pruning_study(
     trained: tuple[Path, float], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

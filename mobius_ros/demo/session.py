@@ -36,12 +36,9 @@ from mobius_ros.demo.launcher import NodeProcess, private_graph, start_node
 from mobius_ros.demo.steps import Session, ask, last_diagnostics, play, vocabulary_reply
 
 NAMESPACE = '/mobius_demo'
-DEFAULT_INPUT_SIZE = (160, 224)
-COMPANIONS = (
-    'detections',
-    'instance_mask',
-    'debug_image',
-)  # one per segmentation message  # the demo model's training scale (recipe 'demo': 160 px)
+DEFAULT_INPUT_SIZE = (160, 224)  # the demo model's training scale (recipe 'demo': 160 px)
+# Outputs that come once per segmentation message.
+COMPANIONS = ('detections', 'instance_mask', 'debug_image')
 
 
 class DemoError(RuntimeError):

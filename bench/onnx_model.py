@@ -68,26 +68,12 @@ def runner_factory(*, threads: int, spinning: bool) -> Callable[[str, Path], Any
     ONNX Runtime's intra-op pools busy-wait after each call by default. With one pool per
     split graph (8 sessions for 6 layers) the idle pools spin while the next graph computes,
     and on a loaded 2-core CPU that made the split path ~10x slower than the same graphs with
-    spinning off (the full graph suffered too, from the split pools' spinning). The project's
-    `OnnxRuntimeRunner` does not expose session config entries yet, so the session is rebuilt
-    here with the same path, threads and providers plus `allow_spinning = 0`.
+    spinning off; `OnnxRuntimeRunner` turns it off unless asked, `--ort-spinning` measures it.
     """
-    import onnxruntime as ort
-
     from mobius_ros.runtime.runner import OnnxRuntimeRunner
 
     def make(name: str, path: Path) -> Any:
-        runner = OnnxRuntimeRunner(path, intra_op_threads=threads, name=name)
-        if not spinning:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-            runner._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=list(runner.providers)
-            )
-        return runner
+        return OnnxRuntimeRunner(path, intra_op_threads=threads, spinning=spinning, name=name)
 
     return make
 

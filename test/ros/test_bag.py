@@ -184,17 +184,20 @@ def test_mobius_bag_command_with_a_real_model(tmp_path: Path) -> None:
     checkpoint = tmp_path / 'tiny.safetensors'
     save_checkpoint(build_model('MOBIUS-tiny').eval(), checkpoint)
     source = write_images(tmp_path / 'in', frames(2, 60, 90), topic=TOPIC, compressed=True)
+    command = [
+        'bag',
+        str(source),
+        str(tmp_path / 'out'),
+        '--image-topic',
+        TOPIC,
+        '--checkpoint',
+        str(checkpoint),
+        '--backend',
+        'torch',
+    ]
     code = main(
         [
-            'bag',
-            str(source),
-            str(tmp_path / 'out'),
-            '--image-topic',
-            TOPIC,
-            '--checkpoint',
-            str(checkpoint),
-            '--backend',
-            'torch',
+            *command,
             '--input-size',
             '64x96',
             '--vocabulary',
@@ -214,19 +217,4 @@ def test_mobius_bag_command_with_a_real_model(tmp_path: Path) -> None:
         assert seg.header.stamp == image.header.stamp
         assert (seg.label_image.height, seg.label_image.width) == (60, 90)
         assert list(seg.phrases) == ['square', 'circle']
-    assert (
-        main(
-            [
-                'bag',
-                str(source),
-                str(tmp_path / 'out'),
-                '--image-topic',
-                TOPIC,
-                '--checkpoint',
-                str(checkpoint),
-                '--backend',
-                'torch',
-            ]
-        )
-        == 2
-    )  # exists
+    assert main(command) == 2  # the output bag exists: refused, not overwritten

@@ -24,6 +24,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--iterations', type=int, help='override the number of iterations')
     parser.add_argument('--seed', type=int, help="override the recipe's seed")
     parser.add_argument(
+        '--data-root',
+        type=Path,
+        help="folder the recipe's relative dataset paths are read under (default: the current"
+        ' directory), e.g. --recipe coco128 --data-root ../shared/data',
+    )
+    parser.add_argument(
+        '--init-from',
+        help='start from the weights of this .safetensors checkpoint (fine-tuning); tensors'
+        " that do not fit the recipe's model stay as built",
+    )
+    parser.add_argument(
         '--device', help="'cpu', 'cuda' or 'cuda:N' (default: the rank's GPU, else the CPU)"
     )
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch decides)')
@@ -54,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         recipe = recipe.replace(iterations=args.iterations)
     if args.seed is not None:
         recipe = recipe.replace(seed=args.seed)
+    if args.data_root is not None:
+        recipe = recipe.with_data_root(args.data_root)
+    if args.init_from:
+        recipe = recipe.replace(init_from=args.init_from)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train(

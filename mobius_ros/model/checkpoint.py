@@ -87,6 +87,34 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = 'cpu') -> 
     return model.to(device).eval()
 
 
+def load_matching_weights(model: torch.nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Copy the tensors of checkpoint `path` into `model` where name and shape agree.
+
+    The start of a fine-tuning run: a checkpoint trained on another vocabulary or at another
+    width still lends every tensor that fits. Returns (loaded, skipped) parameter names;
+    a checkpoint that lends nothing at all is an error (almost certainly the wrong file).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'initial checkpoint {path} not found')
+    try:
+        state = load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(f'initial checkpoint {path} is not a safetensors file: {error}') from (
+            error
+        )
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise ValueError(f'initial checkpoint {path} has no tensor that fits this model')
+    model.load_state_dict(fits, strict=False)
+    skipped = sorted(k for k in own if k not in fits and not k.startswith(TEXT_PREFIX))
+    return sorted(fits), skipped
+
+
 def _read_sidecar(path: str | Path) -> dict:
     side = sidecar_path(path)
     if not side.is_file():

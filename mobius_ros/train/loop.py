@@ -140,7 +140,17 @@ def train(
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     seed_everything(recipe.seed)  # identical initial weights on every rank
-    model = build_training_model(recipe).to(device)
+    model = build_training_model(recipe)
+    if recipe.init_from:
+        from mobius_ros.model.checkpoint import load_matching_weights
+
+        loaded, skipped = load_matching_weights(model, recipe.init_from)
+        if info.is_main:
+            print(
+                f'initialised {len(loaded)} tensors from {recipe.init_from}'
+                + (f'; {len(skipped)} kept as built: {skipped[:8]}' if skipped else '')
+            )
+    model = model.to(device)
     frozen = recipe.optim.frozen + (('text_encoder.',) if recipe.freeze_text_encoder else ())
     freeze(model, frozen)
     optimizer = build_optimizer(model, recipe.optim)

@@ -77,6 +77,8 @@ class Recipe:
         batch_size: images per process per step.
         amp: bfloat16 autocast when training on CUDA (ignored on CPU).
         freeze_text_encoder: keep the text encoder fixed (its projection still learns).
+        init_from: a .safetensors checkpoint whose weights start the run (fine-tuning, e.g.
+            from the bundled demo model); tensors whose name or shape differ stay as built.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Recipe:
     match: MatchCosts = field(default_factory=MatchCosts)
     model_overrides: tuple[tuple[str, Any], ...] = ()
     pretrained: bool = False
+    init_from: str = ''
     freeze_text_encoder: bool = False
     amp: bool = True
     seed: int = 0
@@ -113,6 +116,26 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some top-level fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def with_data_root(self, root: str | Path) -> Recipe:
+        """A copy whose relative dataset paths (images, annotations, instances) lie under `root`.
+
+        Absolute and empty paths stay as they are.
+        """
+
+        def under(path: str) -> str:
+            return path if not path or Path(path).is_absolute() else str(Path(root) / path)
+
+        datasets = tuple(
+            dataclasses.replace(
+                d,
+                images=under(d.images),
+                annotations=under(d.annotations),
+                instances=under(d.instances),
+            )
+            for d in self.datasets
+        )
+        return self.replace(datasets=datasets)
 
 
 def _to_plain(value: Any) -> Any:
@@ -275,8 +298,8 @@ RECIPES: dict[str, Recipe] = {
             DatasetSpec(
                 name='coco128',
                 source='coco',
-                images='/work/shared/data/coco128/train2017',
-                annotations='/work/shared/data/coco128/annotations/instances_train2017.json',
+                images='coco128/train2017',
+                annotations='coco128/annotations/instances_train2017.json',
             ),
         ),
         iterations=50,

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from mobius_ros.train.build_data import SyntheticScenes, build_batches
+from mobius_ros.train.loop import build_training_model
 from mobius_ros.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from mobius_ros.train.optim import OptimConfig, build_optimizer, freeze, lr_factor, param_groups
-from mobius_ros.train.recipes import RECIPES, Recipe, load_recipe
+from mobius_ros.train.recipes import RECIPES, DatasetSpec, Recipe, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
 
@@ -183,3 +185,67 @@ def test_prediction_pastes_masks_and_boxes_back_to_the_original_image() -> None:
     assert prediction.masks.shape == (1, 64, 96)
     assert prediction.masks[0, :, :44].mean() > 0.95 and not prediction.masks[0, :, 52:].any()
     assert prediction.scores[0] == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), 1e-3)
+
+
+def test_data_root_resolves_only_relative_dataset_paths(tmp_path: Path) -> None:
+    recipe = RECIPES['coco128'].replace(
+        datasets=(
+            *RECIPES['coco128'].datasets,
+            DatasetSpec(name='abs', source='coco', images='/data/x', annotations='/data/x.json'),
+        )
+    )
+    rooted = recipe.with_data_root(tmp_path)
+    relative, absolute = rooted.datasets
+    assert relative.images == str(tmp_path / 'coco128' / 'train2017')
+    assert relative.annotations == str(tmp_path / 'coco128/annotations/instances_train2017.json')
+    assert relative.instances == ''  # empty stays empty
+    assert (absolute.images, absolute.annotations) == ('/data/x', '/data/x.json')
+    synthetic = RECIPES['demo'].with_data_root(tmp_path)
+    assert synthetic == RECIPES['demo']
+
+
+def test_init_from_copies_every_fitting_tensor_and_rejects_wrong_files(tmp_path: Path) -> None:
+    from mobius_ros.model.checkpoint import load_matching_weights, save_checkpoint
+
+    recipe = RECIPES['tiny']
+    torch.manual_seed(1)
+    source = build_training_model(recipe).eval()
+    path = tmp_path / 'source.safetensors'
+    save_checkpoint(source, path)
+    torch.manual_seed(2)
+    same = build_training_model(recipe)
+    loaded, skipped = load_matching_weights(same, path)
+    assert loaded and not skipped
+    for name, tensor in source.state_dict().items():
+        if name in loaded:
+            assert torch.equal(same.state_dict()[name], tensor), name
+    # A model with other shapes takes what fits and names what it kept as built.
+    wider_ffn = (('decoder', {'ffn_dim': 24}),)
+    other = build_training_model(recipe.replace(model_overrides=wider_ffn))
+    loaded, skipped = load_matching_weights(other, path)
+    assert 'decoder.layers.0.ffn.linear1.weight' in skipped
+    assert 'decoder.layers.0.self_attn.in_proj_weight' in loaded
+    assert all(other.state_dict()[n].shape == source.state_dict()[n].shape for n in loaded)
+
+    with pytest.raises(FileNotFoundError):
+        load_matching_weights(same, tmp_path / 'missing.safetensors')
+    (tmp_path / 'bad.safetensors').write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='not a safetensors'):
+        load_matching_weights(same, tmp_path / 'bad.safetensors')
+
+
+def test_train_command_fine_tunes_from_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mobius_ros.cli import main
+    from mobius_ros.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(3)
+    model = build_training_model(RECIPES['tiny']).eval()
+    start = tmp_path / 'a.safetensors'
+    save_checkpoint(model, start)
+    argv = ['train', '--recipe', 'tiny', '--out', str(tmp_path / 'run'), '--iterations', '1']
+    assert main([*argv, '--init-from', str(start), '--no-progress']) == 0
+    assert 'initialised' in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / 'run' / 'recipe.yaml').read_text())
+    assert saved['init_from'] == str(start)

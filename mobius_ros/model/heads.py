@@ -39,8 +39,12 @@ class ClassHead(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, dim, bias=False)
-        # Text embeddings are L2-normalised, so a learned scale sets the logit range.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / math.sqrt(dim))))
+        # Text embeddings are L2-normalised, so a learned scale sets the logit range. LN(q) W
+        # has a norm of about sqrt(C) and the text side a norm of 1, so a unit scale starts the
+        # logits with unit spread; 1/sqrt(C), the factor for two unnormalised vectors, starts
+        # them near 0.1, where the phrases cannot be told apart (their projections collapse
+        # towards one "object" direction before the scale opens).
+        self.logit_scale = nn.Parameter(torch.zeros(()))
         self.bias = nn.Parameter(torch.tensor(-math.log((1.0 - prior) / prior)))
 
     def forward(self, queries: Tensor, class_embed: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
     mobius eval                                   # the bundled demo model, synthetic test split
     mobius eval --checkpoint runs/demo/model.safetensors --pruning-study --out results.json
+    mobius eval --checkpoint runs/demo/model.safetensors --equal-flops   # Tab. 15's comparison
     mobius eval --checkpoint m.safetensors --annotations instances_val2017.json \\
         --images val2017 --size 384 --tasks vocabulary,agnostic
 """
@@ -36,6 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--pruning-study',
         action='store_true',
         help='AP, queries kept per layer and decoder MACs for pruning off and each trajectory',
+    )
+    parser.add_argument(
+        '--equal-flops',
+        action='store_true',
+        help='sigmoid vs logarithmic vs exponential pruning the same number of queries: the'
+        ' upper threshold of the latter two is searched to match the sigmoid default',
     )
     parser.add_argument('--min-keep', type=int, default=30, help='min_keep of the pruning study')
     parser.add_argument('--batch-size', type=int, default=8)
@@ -74,7 +81,12 @@ def run(args: argparse.Namespace) -> int:
         source = f'synthetic {args.split} split, {args.num} images at {size} px, seed {args.seed}'
     settings = EvalSettings(batch_size=args.batch_size, pruning_min_keep=args.min_keep)
     results = evaluate_model(
-        model, data, settings=settings, tasks=tasks, with_pruning_study=args.pruning_study
+        model,
+        data,
+        settings=settings,
+        tasks=tasks,
+        with_pruning_study=args.pruning_study,
+        with_equal_flops=args.equal_flops,
     )
     results = {'checkpoint': str(checkpoint), 'data': source, **results}
     print(_summary(results))
@@ -109,6 +121,7 @@ def _summary(results: dict) -> str:
     headline = [
         ('mask AP', 'segm/AP'),
         ('box AP', 'bbox/AP'),
+        ('mask AP, one label per query', 'one_label/segm/AP'),
         ('agnostic mask AR@100', 'agnostic/segm/AR100'),
         ('agnostic box AR@100', 'agnostic/bbox/AR100'),
         ('referring P@0.5 (all)', 'referring/all/P@0.5'),
@@ -119,10 +132,13 @@ def _summary(results: dict) -> str:
     for label, key in headline:
         if key in results:
             lines.append(f'{label:38s} {results[key]:6.1f}')
-    for row in results.get('pruning_study', []):
+    rows = [('pruning', row) for row in results.get('pruning_study', [])]
+    rows += [('equal-FLOPs', row) for row in results.get('pruning_equal_flops', [])]
+    for study, row in rows:
         kept = '/'.join(f'{k:g}' for k in row['queries_kept'])
         lines.append(
-            f'pruning {row["trajectory"]:12s} mask AP {row["mask_AP"]:5.1f}  box AP'
-            f' {row["box_AP"]:5.1f}  decoder {row["decoder_MMACs"]:7.1f} MMACs  kept {kept}'
+            f'{study} {row["trajectory"]:12s} upper {row["upper"]:.3f}'
+            f'  mask AP {row["mask_AP"]:5.1f}  box AP {row["box_AP"]:5.1f}'
+            f'  decoder {row["decoder_MMACs"]:7.1f} MMACs  kept {kept}'
         )
     return '\n'.join(lines)

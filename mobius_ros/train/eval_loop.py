@@ -4,8 +4,9 @@ Three tasks: category-guided mask/box AP, category-agnostic AR@100 (prompt "obje
 referring P@0.5 / oIoU (every expression of every image, held-out phrasings reported apart), plus
 the pruning study: AP, mean queries kept per layer and decoder MACs for pruning off and each
 threshold trajectory. Post-processing mirrors `runtime/predictor.py` (score = class probability x
-mask quality, top-k, masks back at the original resolution), so the numbers are those a deployed
-model would give.
+mask quality, top-k, masks back at the original resolution). Category-guided AP ranks every
+(query, class) pair as the paper's codebase does; the runtime's one label per query is reported
+beside it ('one_label/'), so both the paper-comparable and the deployed numbers are there.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class EvalSettings:
         score_threshold: 0 keeps every top-k detection, as COCO AP expects.
         pruning_min_keep: `min_keep` of the pruning study (the paper's 100 is for Q = 300).
         flops_images: images whose decoder MACs are counted per pruning setting.
+        labels_per_query: 'all' ranks every (query, class) pair, so a query may be reported
+            under several classes: COCO AP as Mask2Former, MaskDINO and GLEE (and so the paper)
+            compute it. 'one' scores each query once, with its best class: what the runtime
+            publishes (one label per object); `evaluate_model` reports it too, under
+            'one_label/'. Category-guided AP only; agnostic and referring have one class.
     """
 
     batch_size: int = 8
@@ -52,6 +58,11 @@ class EvalSettings:
     score_threshold: float = 0.0
     pruning_min_keep: int = 30
     flops_images: int = 8
+    labels_per_query: str = 'all'
+
+    def __post_init__(self) -> None:
+        if self.labels_per_query not in ('one', 'all'):
+            raise ValueError(f"labels_per_query is 'one' or 'all', got {self.labels_per_query!r}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +103,18 @@ def to_prediction(
             the size on disk).
     """
     probs = logits.float().sigmoid()
-    class_prob, class_ids = probs.max(dim=1)
     masks = masks.float()
     inside = masks > 0
     quality = (masks.sigmoid() * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1)
-    scores = class_prob * quality
+    if task is Task.VOCABULARY and settings.labels_per_query == 'all':
+        pair_scores = (probs * quality[:, None]).flatten()
+        pairs = pair_scores.argsort(descending=True)[: settings.max_detections]
+        num_classes = probs.shape[1]
+        queries, class_ids = pairs // num_classes, pairs % num_classes
+        scores, boxes, masks = pair_scores[pairs], boxes[queries], masks[queries]
+    else:
+        class_prob, class_ids = probs.max(dim=1)
+        scores = class_prob * quality
     order = scores.argsort(descending=True)
     if task is Task.REFERRING:
         order = order[:1]
@@ -264,15 +282,20 @@ def pruning_study(
     *,
     settings: EvalSettings,
     trajectories: Sequence[str] = TRAJECTORIES,
+    configs: Sequence[PruningConfig] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per trajectory: mask/box AP, mean queries kept per layer, decoder MMACs per image."""
+    """Per trajectory: mask/box AP, mean queries kept per layer, decoder MMACs per image.
+
+    `configs` replaces the default configuration of each trajectory (equal-FLOPs study).
+    """
     from mobius_ros.model.flops import DECODER, count_model_forward
 
     rows = []
     features = model.encode_text(list(data.samples[0].phrases))
     device = next(model.parameters()).device
-    for name in trajectories:
-        config = PruningConfig(trajectory=name, min_keep=settings.pruning_min_keep)
+    if configs is None:
+        configs = [_study_config(name, settings) for name in trajectories]
+    for config in configs:
         metrics, predictions = evaluate_vocabulary(model, data, settings=settings, pruning=config)
         kept = np.asarray([p.queries_kept for p in predictions], np.float64).mean(0)
         macs = []
@@ -285,7 +308,9 @@ def pruning_study(
             macs.append(counted.components[DECODER] / 1e6)
         rows.append(
             {
-                'trajectory': name,
+                'trajectory': config.trajectory,
+                'lower': config.lower,
+                'upper': round(config.upper, 4),
                 'mask_AP': metrics['segm/AP'],
                 'box_AP': metrics['bbox/AP'],
                 'queries_kept': [round(float(k), 1) for k in kept],
@@ -295,6 +320,55 @@ def pruning_study(
     return rows
 
 
+def _study_config(trajectory: str, settings: EvalSettings) -> PruningConfig:
+    return PruningConfig(trajectory=trajectory, min_keep=settings.pruning_min_keep)
+
+
+def equal_flops_configs(
+    model: nn.Module,
+    data: EvalSet,
+    *,
+    settings: EvalSettings,
+    reference: str = 'sigmoid',
+    others: Sequence[str] = ('logarithmic', 'exponential'),
+    steps: int = 12,
+) -> list[PruningConfig]:
+    """Configurations of `others` that prune as much as `reference` (the paper's Tab. 15).
+
+    Decoder MACs grow with the queries each layer keeps, so the comparison holds the total of
+    queries kept over the layers (mean per image) equal: each other trajectory's `upper`
+    threshold is found by bisection (the count falls as `upper` rises) on the first
+    `settings.flops_images` images. Where no `upper` reaches the reference (min_keep floors, or
+    too few layers for the shapes to differ) the closest one is taken; the study's MMACs column
+    shows how close it came.
+    """
+    samples = data.samples[: max(settings.flops_images, 1)]
+
+    def total_kept(config: PruningConfig) -> float:
+        preds = predict(model, samples, task=Task.VOCABULARY, settings=settings, pruning=config)
+        return float(np.mean([sum(p.queries_kept) for p in preds]))
+
+    base = _study_config(reference, settings)
+    target = total_kept(base)
+    matched = [base]
+    for name in others:
+        config = replace(base, trajectory=name)
+        low, high = config.lower, 1.0
+        best, best_gap = config, abs(total_kept(config) - target)
+        for _ in range(steps):
+            middle = (low + high) / 2
+            candidate = replace(config, upper=middle)
+            kept = total_kept(candidate)
+            if abs(kept - target) < best_gap:
+                best, best_gap = candidate, abs(kept - target)
+            if kept > target:
+                low = middle
+            else:
+                high = middle
+        matched.append(best)
+    return matched
+
+
 def evaluate_model(
     model: nn.Module,
     data: EvalSet,
@@ -302,18 +376,35 @@ def evaluate_model(
     settings: EvalSettings | None = None,
     tasks: Sequence[str] = ('vocabulary', 'agnostic', 'referring'),
     with_pruning_study: bool = False,
+    with_equal_flops: bool = False,
 ) -> dict[str, Any]:
-    """All metrics of `tasks` (percentages), plus the pruning study when asked."""
+    """All metrics of `tasks` (percentages), plus the pruning studies when asked.
+
+    `with_pruning_study`: every trajectory at its default thresholds ('pruning_study');
+    `with_equal_flops`: sigmoid, logarithmic and exponential pruning the same number of queries
+    ('pruning_equal_flops', see `equal_flops_configs`).
+    """
     settings = settings or EvalSettings()
     model.eval()
     results: dict[str, Any] = {}
     if 'vocabulary' in tasks:
         metrics, _ = evaluate_vocabulary(model, data, settings=settings)
         results.update(metrics)
+        other = 'one' if settings.labels_per_query == 'all' else 'all'
+        metrics, _ = evaluate_vocabulary(
+            model, data, settings=replace(settings, labels_per_query=other)
+        )
+        prefix = 'one_label' if other == 'one' else 'all_labels'
+        results.update({f'{prefix}/{k}': v for k, v in metrics.items()})
     if 'agnostic' in tasks:
         results.update(evaluate_agnostic(model, data, settings=settings))
     if 'referring' in tasks:
         results.update(evaluate_referring(model, data, settings=settings))
     if with_pruning_study:
         results['pruning_study'] = pruning_study(model, data, settings=settings)
+    if with_equal_flops:
+        configs = equal_flops_configs(model, data, settings=settings)
+        results['pruning_equal_flops'] = pruning_study(
+            model, data, settings=settings, configs=configs
+        )
     return results

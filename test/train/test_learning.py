@@ -91,3 +91,25 @@ def test_eval_command_reports_tasks_and_the_pruning_study(
         assert study[name]['queries_kept'][-1] <= unpruned[-1]
         assert study[name]['decoder_MMACs'] <= study['none']['decoder_MMACs'] + 1e-6
     assert 'mask AP' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_equal_flops_study_prunes_as_much_as_the_sigmoid_default(
+    trained: tuple[Path, float], tmp_path: Path
+) -> None:
+    checkpoint, _ = trained
+    out = tmp_path / 'eval.json'
+    argv = ['eval', '--checkpoint', str(checkpoint), '--num', '4', '--size', str(SIZE)]
+    argv += ['--tasks', 'vocabulary', '--pruning-study', '--equal-flops', '--min-keep', '2']
+    assert main([*argv, '--out', str(out)]) == 0
+    results = json.loads(out.read_text())
+    default = {row['trajectory']: row for row in results['pruning_study']}
+    matched = {row['trajectory']: row for row in results['pruning_equal_flops']}
+    assert set(matched) == {'sigmoid', 'logarithmic', 'exponential'}
+    assert matched['sigmoid']['upper'] == default['sigmoid']['upper'] == 0.2
+    target = sum(matched['sigmoid']['queries_kept'])
+    for name in ('logarithmic', 'exponential'):
+        # The 4 images are all searched over (flops_images = 8), so the match can only improve.
+        gap = abs(sum(matched[name]['queries_kept']) - target)
+        assert gap <= abs(sum(default[name]['queries_kept']) - target) + 0.11, name
+        assert 0.05 <= matched[name]['upper'] <= 1.0

@@ -187,6 +187,39 @@ def test_prediction_pastes_masks_and_boxes_back_to_the_original_image() -> None:
     assert prediction.scores[0] == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), 1e-3)
 
 
+def test_coco_protocol_ranks_every_query_class_pair() -> None:
+    """'all' reports a query under each class it scores; 'one' only under its best class."""
+    import numpy as np
+
+    from mobius_ros.runtime.result import Task
+    from mobius_ros.train.data.sample import Sample
+    from mobius_ros.train.eval_loop import EvalSettings, to_prediction
+
+    sample = Sample(
+        image=torch.zeros(3, 32, 32),
+        boxes=np.zeros((0, 4), np.float32),
+        labels=np.zeros(0, np.int64),
+        masks=None,
+        phrases=('a', 'b', 'c'),
+        orig_size=(32, 32),
+    )
+    logits = torch.tensor([[2.0, 1.0, -9.0], [-9.0, -9.0, 0.0]])
+    boxes = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+    masks = torch.full((2, 8, 8), -10.0)
+    masks[0, :4, :4] = 10.0
+    masks[1, 4:, 4:] = 10.0
+    args = dict(tensor_hw=(32, 32), sample=sample, task=Task.VOCABULARY)
+    single = EvalSettings(labels_per_query='one')
+    one = to_prediction(logits, boxes, masks, **args, settings=single)
+    assert one.labels == ['a', 'c']
+    every = to_prediction(logits, boxes, masks, **args, settings=EvalSettings(max_detections=4))
+    assert every.labels[:3] == ['a', 'b', 'c'] and len(every) == 4
+    np.testing.assert_array_equal(every.masks[0], every.masks[1])  # one query, two classes
+    assert list(every.scores) == sorted(every.scores, reverse=True)
+    with pytest.raises(ValueError, match='labels_per_query'):
+        EvalSettings(labels_per_query='some')
+
+
 def test_data_root_resolves_only_relative_dataset_paths(tmp_path: Path) -> None:
     recipe = RECIPES['coco128'].replace(
         datasets=(

@@ -9,13 +9,21 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('onnxruntime')
 
 
-@pytest.fixture(scope='session')
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+# The paper's stride-16 bottleneck, and the bundled demo model's layout (stride-8 bottleneck,
+# decoder cross-attending to every scale).
+LAYOUTS = {
+    'bottleneck16': {},
+    'demo_layout': {'pixel_decoder': {'encoder_strides': (8,)}, 'decoder': {'multi_scale': True}},
+}
+
+
+@pytest.fixture(scope='session', params=sorted(LAYOUTS))
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     from mobius_ros.export.onnx import ExportOptions, export_model
     from mobius_ros.model.variants import build_model
 
     torch.manual_seed(0)
-    model = build_model('MOBIUS-tiny').eval()
-    directory = tmp_path_factory.mktemp('export') / 'tiny'
+    model = build_model('MOBIUS-tiny', **LAYOUTS[request.param]).eval()
+    directory = tmp_path_factory.mktemp('export') / request.param
     export_model(model, directory, ExportOptions(input_size=CANVAS))
     return Exported(model, directory)

@@ -24,6 +24,7 @@ import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -389,6 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # SIGINT shuts the context down from the signal handler; if that lands between the
+        # executor's context check and its wait-set creation, rclpy raises RCLError ("context is
+        # not valid") instead of ExternalShutdownException. The same stop, unless the context
+        # is still up: then the error is real.
+        if rclpy.ok():
+            raise
     finally:
         node.release()
         node.destroy_node()

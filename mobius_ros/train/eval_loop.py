@@ -11,7 +11,7 @@ beside it ('one_label/'), so both the paper-comparable and the deployed numbers 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -145,7 +145,6 @@ def to_prediction(
     )
 
 
-@torch.inference_mode()
 def predict(
     model: nn.Module,
     samples: Sequence[Sample],
@@ -155,11 +154,27 @@ def predict(
     pruning: PruningConfig | None = None,
 ) -> list[Prediction]:
     """Predictions for samples (one dataset); batch 1 when pruning is enabled."""
+    return predict_each(model, samples, task=task, settings=(settings,), pruning=pruning)[0]
+
+
+@torch.inference_mode()
+def predict_each(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    *,
+    task: Task,
+    settings: Sequence[EvalSettings],
+    pruning: PruningConfig | None = None,
+) -> list[list[Prediction]]:
+    """One forward pass, post-processed once per settings (e.g. both AP protocols).
+
+    The batch size is that of the first settings (1 when pruning is enabled).
+    """
     device = next(model.parameters()).device
-    batch_size = 1 if pruning is not None and pruning.enabled else settings.batch_size
+    batch_size = 1 if pruning is not None and pruning.enabled else settings[0].batch_size
     referring = task is Task.REFERRING
     features = None if referring else model.encode_text(list(samples[0].phrases))
-    out: list[Prediction] = []
+    out: list[list[Prediction]] = [[] for _ in settings]
     for start in range(0, len(samples), batch_size):
         chunk = list(samples[start : start + batch_size])
         batch = collate(chunk)
@@ -169,18 +184,19 @@ def predict(
         final = output.layers[-1]
         kept = tuple(int(layer.logits.shape[1]) for layer in output.layers)
         for b, sample in enumerate(chunk):
-            out.append(
-                to_prediction(
-                    final.logits[b],
-                    final.boxes[b],
-                    final.masks[b],
-                    tensor_hw=tuple(images.shape[-2:]),
-                    sample=sample,
-                    task=task,
-                    settings=settings,
-                    queries_kept=kept,
+            for predictions, each in zip(out, settings):
+                predictions.append(
+                    to_prediction(
+                        final.logits[b],
+                        final.boxes[b],
+                        final.masks[b],
+                        tensor_hw=tuple(images.shape[-2:]),
+                        sample=sample,
+                        task=task,
+                        settings=each,
+                        queries_kept=kept,
+                    )
                 )
-            )
     return out
 
 
@@ -195,10 +211,14 @@ def evaluate_vocabulary(
     predictions = predict(
         model, data.samples, task=Task.VOCABULARY, settings=settings, pruning=pruning
     )
+    return _vocabulary_metrics(data, predictions), predictions
+
+
+def _vocabulary_metrics(data: EvalSet, predictions: Sequence[Prediction]) -> dict[str, float]:
     detections = predictions_to_coco(
         predictions, [s.image_id for s in data.samples], data.category_ids
     )
-    return coco_evaluate(data.ground_truth, detections), predictions
+    return coco_evaluate(data.ground_truth, detections)
 
 
 def evaluate_agnostic(
@@ -283,10 +303,12 @@ def pruning_study(
     settings: EvalSettings,
     trajectories: Sequence[str] = TRAJECTORIES,
     configs: Sequence[PruningConfig] | None = None,
+    done: dict[PruningConfig, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per trajectory: mask/box AP, mean queries kept per layer, decoder MMACs per image.
 
-    `configs` replaces the default configuration of each trajectory (equal-FLOPs study).
+    `configs` replaces the default configuration of each trajectory (equal-FLOPs study);
+    `done` holds rows already measured, by configuration, and receives the new ones.
     """
     from mobius_ros.model.flops import DECODER, count_model_forward
 
@@ -295,7 +317,11 @@ def pruning_study(
     device = next(model.parameters()).device
     if configs is None:
         configs = [_study_config(name, settings) for name in trajectories]
+    done = {} if done is None else done
     for config in configs:
+        if config in done:
+            rows.append(done[config])
+            continue
         metrics, predictions = evaluate_vocabulary(model, data, settings=settings, pruning=config)
         kept = np.asarray([p.queries_kept for p in predictions], np.float64).mean(0)
         macs = []
@@ -306,17 +332,16 @@ def pruning_study(
             with torch.no_grad():
                 counted = count_model_forward(model, image, features, pruning=config)
             macs.append(counted.components[DECODER] / 1e6)
-        rows.append(
-            {
-                'trajectory': config.trajectory,
-                'lower': config.lower,
-                'upper': round(config.upper, 4),
-                'mask_AP': metrics['segm/AP'],
-                'box_AP': metrics['bbox/AP'],
-                'queries_kept': [round(float(k), 1) for k in kept],
-                'decoder_MMACs': float(np.mean(macs)) if macs else float('nan'),
-            }
-        )
+        done[config] = {
+            'trajectory': config.trajectory,
+            'lower': config.lower,
+            'upper': round(config.upper, 4),
+            'mask_AP': metrics['segm/AP'],
+            'box_AP': metrics['bbox/AP'],
+            'queries_kept': [round(float(k), 1) for k in kept],
+            'decoder_MMACs': float(np.mean(macs)) if macs else float('nan'),
+        }
+        rows.append(done[config])
     return rows
 
 
@@ -353,20 +378,42 @@ def equal_flops_configs(
     matched = [base]
     for name in others:
         config = replace(base, trajectory=name)
-        low, high = config.lower, 1.0
-        best, best_gap = config, abs(total_kept(config) - target)
-        for _ in range(steps):
-            middle = (low + high) / 2
-            candidate = replace(config, upper=middle)
-            kept = total_kept(candidate)
-            if abs(kept - target) < best_gap:
-                best, best_gap = candidate, abs(kept - target)
-            if kept > target:
-                low = middle
-            else:
-                high = middle
-        matched.append(best)
+        upper = match_upper(
+            lambda u, c=config: total_kept(replace(c, upper=u)),
+            target,
+            low=config.lower,
+            start=config.upper,
+            steps=steps,
+        )
+        matched.append(replace(config, upper=upper))
     return matched
+
+
+def match_upper(
+    count: Callable[[float], float],
+    target: float,
+    *,
+    low: float,
+    start: float,
+    high: float = 1.0,
+    steps: int = 12,
+) -> float:
+    """The threshold in [low, high] whose `count` comes closest to `target`, by bisection.
+
+    `count` (queries kept) must not rise as the threshold rises. `start` is tried first and kept
+    unless a bisection point comes strictly closer.
+    """
+    best, best_gap = start, abs(count(start) - target)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        value = count(middle)
+        if abs(value - target) < best_gap:
+            best, best_gap = middle, abs(value - target)
+        if value > target:
+            low = middle
+        else:
+            high = middle
+    return best
 
 
 def evaluate_model(
@@ -388,23 +435,26 @@ def evaluate_model(
     model.eval()
     results: dict[str, Any] = {}
     if 'vocabulary' in tasks:
-        metrics, _ = evaluate_vocabulary(model, data, settings=settings)
-        results.update(metrics)
         other = 'one' if settings.labels_per_query == 'all' else 'all'
-        metrics, _ = evaluate_vocabulary(
-            model, data, settings=replace(settings, labels_per_query=other)
+        main, second = predict_each(
+            model,
+            data.samples,
+            task=Task.VOCABULARY,
+            settings=(settings, replace(settings, labels_per_query=other)),
         )
+        results.update(_vocabulary_metrics(data, main))
         prefix = 'one_label' if other == 'one' else 'all_labels'
-        results.update({f'{prefix}/{k}': v for k, v in metrics.items()})
+        results.update({f'{prefix}/{k}': v for k, v in _vocabulary_metrics(data, second).items()})
     if 'agnostic' in tasks:
         results.update(evaluate_agnostic(model, data, settings=settings))
     if 'referring' in tasks:
         results.update(evaluate_referring(model, data, settings=settings))
+    done: dict[PruningConfig, dict[str, Any]] = {}  # the sigmoid default serves both studies
     if with_pruning_study:
-        results['pruning_study'] = pruning_study(model, data, settings=settings)
+        results['pruning_study'] = pruning_study(model, data, settings=settings, done=done)
     if with_equal_flops:
         configs = equal_flops_configs(model, data, settings=settings)
         results['pruning_equal_flops'] = pruning_study(
-            model, data, settings=settings, configs=configs
+            model, data, settings=settings, configs=configs, done=done
         )
     return results

@@ -220,6 +220,24 @@ def test_coco_protocol_ranks_every_query_class_pair() -> None:
         EvalSettings(labels_per_query='some')
 
 
+def test_equal_flops_search_finds_the_threshold_that_keeps_the_target_count() -> None:
+    from mobius_ros.train.eval_loop import match_upper
+
+    # Queries kept fall linearly from 50 at upper 0 to 10 at upper 1: 30 is kept at 0.5.
+    def linear(upper: float) -> float:
+        return 50.0 - 40.0 * upper
+
+    found = match_upper(linear, 30.0, low=0.05, start=0.2)
+    assert found == pytest.approx(0.5, abs=1e-3)
+    assert match_upper(linear, 42.0, low=0.05, start=0.2) == pytest.approx(0.2, abs=1e-3)
+
+    # A count that jumps past the target: no threshold is closer than the starting one.
+    def step(upper: float) -> float:
+        return 20.0 if upper < 0.3 else 10.0
+
+    assert match_upper(step, 15.0, low=0.05, start=0.2) == 0.2
+
+
 def test_data_root_resolves_only_relative_dataset_paths(tmp_path: Path) -> None:
     recipe = RECIPES['coco128'].replace(
         datasets=(

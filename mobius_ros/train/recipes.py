@@ -285,8 +285,8 @@ RECIPES: dict[str, Recipe] = {
         batch_size=8,
         short_sides=(160,),
         max_long_side=160,
-        # Narrower than mobile-lite (`_DEMO_WIDTHS`): a 2-core CPU affords ~0.3 s per step at
-        # 160 px, and steps matter more than width in a 25-minute budget.
+        # Narrower than mobile-lite (`_DEMO_WIDTHS`): a 2-core CPU takes ~0.43 s per step at
+        # 160 px (3900 steps in 27.6 min), and steps matter more than width in a 30-minute budget.
         model_overrides=_DEMO_WIDTHS,
         # Random-init backbone: the paper's 0.1x encoder lr is for pretrained encoders and
         # stalls learning from scratch (MiniLM is frozen, so no text-encoder group exists).

@@ -183,5 +183,10 @@ class Client:
         assert self.wait(future.done, timeout), f'service {name} did not answer in {timeout} s'
         return future.result()
 
-    def publisher(self, kind: type, topic: str, qos: Any = 10) -> Any:
-        return self.node.create_publisher(kind, topic, qos)
+    def publisher(self, kind: type, topic: str, qos: Any = 10, timeout: float = 20.0) -> Any:
+        """A publisher that the node's subscription has already matched (discovery is
+        asynchronous: a message published before the match is lost)."""
+        publisher = self.node.create_publisher(kind, topic, qos)
+        matched = self.wait(lambda: publisher.get_subscription_count() > 0, timeout)
+        assert matched, f'nothing subscribes to {topic}'
+        return publisher

@@ -154,7 +154,7 @@ def test_bad_frames_are_skipped_and_the_next_good_one_processed(
     masks = ros_client.subscribe(Image, _topic('instance_mask'))
     _publish_until(ros_client, _image(rgb, stamp=34), masks, 34)
     assert node.alive()
-    assert 'skipped a frame' in node.log()
+    assert node.wait_for_log('skipped a frame', timeout=10), node.log()
     assert not any(m.header.stamp.sec in (31, 32, 33) for m in masks)
 
 

@@ -129,6 +129,11 @@ def _summary(results: dict) -> str:
         ('referring P@0.5 (held-out phrasings)', 'referring/held_out/P@0.5'),
         ('referring oIoU (all)', 'referring/all/oIoU'),
     ]
+    headline += [
+        (f'referring P@0.5 ({key.split("/")[1].removeprefix("kind_")} expressions)', key)
+        for key in sorted(results)
+        if key.startswith('referring/kind_') and key.endswith('/P@0.5')
+    ]
     for label, key in headline:
         if key in results:
             lines.append(f'{label:38s} {results[key]:6.1f}')

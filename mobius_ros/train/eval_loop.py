@@ -256,14 +256,18 @@ def _agnostic_detections(
 def evaluate_referring(
     model: nn.Module, data: EvalSet, *, settings: EvalSettings
 ) -> dict[str, float]:
-    """Referring P@0.5, oIoU and mIoU over all expressions, seen and held-out phrasings apart."""
+    """Referring P@0.5, oIoU and mIoU over all expressions, seen and held-out phrasings apart,
+    and per expression kind where the samples name one (synthetic scenes: attribute, extreme,
+    relation; keys `referring/kind_<kind>/...`)."""
     if not data.referring:
         return {}
     predictions = predict(model, data.referring, task=Task.REFERRING, settings=settings)
     groups: dict[str, list[int]] = {'all': list(range(len(data.referring)))}
     for i, sample in enumerate(data.referring):
-        held = bool((sample.meta or {}).get('held_out'))
-        groups.setdefault('held_out' if held else 'seen', []).append(i)
+        meta = sample.meta or {}
+        groups.setdefault('held_out' if meta.get('held_out') else 'seen', []).append(i)
+        if meta.get('kind'):
+            groups.setdefault(f'kind_{meta["kind"]}', []).append(i)
     metrics: dict[str, float] = {}
     for group, index in groups.items():
         tops = [referring_top1(predictions[i]) for i in index]

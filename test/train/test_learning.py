@@ -82,6 +82,10 @@ def test_eval_command_reports_tasks_and_the_pruning_study(
     results = json.loads(out.read_text())
     for key in ('segm/AP', 'agnostic/segm/AR100', 'referring/all/P@0.5', 'referring/seen/count'):
         assert 0.0 <= results[key] <= 100.0 or key.endswith('count'), key
+    # Every synthetic expression has a kind; the per-kind groups partition the whole set.
+    kinds = [k for k in results if k.startswith('referring/kind_') and k.endswith('/count')]
+    assert {k.split('/')[1] for k in kinds} <= {'kind_attribute', 'kind_extreme', 'kind_relation'}
+    assert sum(results[k] for k in kinds) == results['referring/all/count'] > 0
     study = {row['trajectory']: row for row in results['pruning_study']}
     assert set(study) == {'none', 'sigmoid', 'logarithmic', 'exponential'}
     unpruned = study['none']['queries_kept']

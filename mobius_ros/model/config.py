@@ -69,6 +69,10 @@ class DecoderConfig:
         num_layers: L.
         multi_scale: cross-attend to all projected scales instead of the bottleneck only.
         num_heads, num_points, ffn_dim: attention heads, deformable points, FFN width.
+        referring_pooling: how a referring expression becomes the class embedding the
+            decoder's class head scores queries against: 'mean' of its projected tokens (the
+            paper's, as for class names) or 'attention', a learned softmax weighting of them
+            that can favour the expression's subject over the objects it relates to.
     """
 
     num_queries: int = 300
@@ -77,6 +81,7 @@ class DecoderConfig:
     num_heads: int = 8
     num_points: int = 4
     ffn_dim: int = 2048
+    referring_pooling: str = 'mean'
 
 
 @dataclass(frozen=True)

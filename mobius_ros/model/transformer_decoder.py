@@ -12,8 +12,10 @@ from mobius_ros.model.deformable_attention import MSDeformAttn
 from mobius_ros.model.heads import MLP, BoxHead, ClassHead, confidence_from_logits
 from mobius_ros.model.pixel_decoder import FeedForward
 from mobius_ros.model.position import cell_centres, sine_box_embed
+from mobius_ros.model.text_encoder import masked_mean
 
 Shapes = tuple[tuple[int, int], ...]
+REFERRING_POOLING = ('mean', 'attention')
 
 
 def keep_topk(confidence: Tensor, threshold: float, min_keep: int) -> Tensor:
@@ -84,6 +86,7 @@ class QueryDecoder(nn.Module):
         num_layers: L.
         memory_strides: stride of each memory level (sets the proposal anchor sizes).
         num_heads, num_points, ffn_dim: attention heads, deformable points, FFN width.
+        referring_pooling: 'mean' or 'attention' (see `DecoderConfig.referring_pooling`).
     """
 
     def __init__(
@@ -96,8 +99,13 @@ class QueryDecoder(nn.Module):
         num_heads: int = 8,
         num_points: int = 4,
         ffn_dim: int = 2048,
+        referring_pooling: str = 'mean',
     ) -> None:
         super().__init__()
+        if referring_pooling not in REFERRING_POOLING:
+            raise ValueError(
+                f'referring_pooling must be one of {REFERRING_POOLING}, got {referring_pooling!r}'
+            )
         self.num_queries, self.num_layers = num_queries, num_layers
         self.memory_strides = memory_strides
         self.dim = dim
@@ -119,6 +127,13 @@ class QueryDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.class_head = ClassHead(dim)
         self.box_heads = nn.ModuleList(BoxHead(dim) for _ in range(num_layers))
+        # A token scorer for referring expressions; its last layer starts at zero, so the
+        # weights start uniform and the pooling starts as the mean.
+        self.referring_pool: nn.Sequential | None = None
+        if referring_pooling == 'attention':
+            self.referring_pool = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+            nn.init.zeros_(self.referring_pool[-1].weight)
+            nn.init.zeros_(self.referring_pool[-1].bias)
 
     def select(
         self, memory: Tensor, memory_shapes: Shapes, class_embed: Tensor
@@ -189,8 +204,27 @@ class QueryDecoder(nn.Module):
         )
         normed = self.norm(queries)
         boxes = self.box_heads[index](normed, reference)
+        pooling = self.referring_pool is not None and extra_tokens is not None
+        if pooling and extra_mask is not None:
+            # class_embed is the projected mean of the tokens (the projection is affine), so
+            # mean + (attention pooling - mean) is the attention pooling; written this way the
+            # layer keeps the same inputs in every runtime, the exported graphs included.
+            mean = masked_mean(extra_tokens, extra_mask)[:, None]
+            class_embed = class_embed + self.pool_expression(extra_tokens, extra_mask) - mean
         logits = self.class_head(normed, class_embed)
         return queries, boxes, logits, confidence_from_logits(logits)
+
+    def pool_expression(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Attention pooling of referring tokens [B, T, C] (mask [B, T] bool) -> [B, 1, C].
+
+        In "the star right of the triangle" both nouns weigh the same in a mean, so the
+        triangle scores as well as the star; a learned per-token score lets the subject lead.
+        """
+        assert self.referring_pool is not None
+        scores = self.referring_pool(tokens).squeeze(-1)  # [B, T]
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        return (weights[..., None] * tokens).sum(dim=1, keepdim=True)
 
 
 def _gather(x: Tensor, index: Tensor) -> Tensor:

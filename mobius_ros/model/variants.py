@@ -145,6 +145,7 @@ def build_from_config(
         num_heads=dc.num_heads,
         num_points=dc.num_points,
         ffn_dim=dc.ffn_dim,
+        referring_pooling=dc.referring_pooling,
     )
     model = Mobius(backbone, text_encoder, pixel_decoder, decoder, MaskHead(c))
     model.config = config

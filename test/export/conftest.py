@@ -10,10 +10,13 @@ pytest.importorskip('onnxruntime')
 
 
 # The paper's stride-16 bottleneck, and the bundled demo model's layout (stride-8 bottleneck,
-# decoder cross-attending to every scale).
+# decoder cross-attending to every scale, attention pooling of referring expressions).
 LAYOUTS = {
     'bottleneck16': {},
-    'demo_layout': {'pixel_decoder': {'encoder_strides': (8,)}, 'decoder': {'multi_scale': True}},
+    'demo_layout': {
+        'pixel_decoder': {'encoder_strides': (8,)},
+        'decoder': {'multi_scale': True, 'referring_pooling': 'attention'},
+    },
 }
 
 
@@ -24,6 +27,9 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
     torch.manual_seed(0)
     model = build_model('MOBIUS-tiny', **LAYOUTS[request.param]).eval()
+    if model.decoder.referring_pool is not None:
+        # Its last layer starts at zero (= a plain mean); make the weighting non-uniform.
+        torch.nn.init.normal_(model.decoder.referring_pool[-1].weight, std=1.0)
     directory = tmp_path_factory.mktemp('export') / request.param
     export_model(model, directory, ExportOptions(input_size=CANVAS))
     return Exported(model, directory)

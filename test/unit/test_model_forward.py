@@ -72,6 +72,55 @@ def test_referring_tokens_join_decoder_self_attention(model: Mobius, images: tor
     assert not torch.allclose(plain, joined)
 
 
+def _attention_pooling_model() -> Mobius:
+    torch.manual_seed(0)
+    return build_model('MOBIUS-tiny', decoder={'referring_pooling': 'attention'}).eval()
+
+
+def test_attention_pooling_starts_as_the_mean_and_leaves_vocabularies_alone(
+    model: Mobius, images: torch.Tensor
+) -> None:
+    pooled = _attention_pooling_model()
+    unexpected = model.load_state_dict(pooled.state_dict(), strict=False).unexpected_keys
+    assert unexpected and all(k.startswith('decoder.referring_pool.') for k in unexpected)
+    expressions = ['the star right of the triangle', 'a cup']
+    with torch.no_grad():
+        start = pooled(images, expressions, referring=True).final.logits
+        mean = model(images, expressions, referring=True).final.logits
+        torch.testing.assert_close(start, mean, atol=1e-4, rtol=1e-4)
+        torch.nn.init.normal_(pooled.decoder.referring_pool[-1].weight)
+        learned = pooled(images, expressions, referring=True).final.logits
+        vocabulary = pooled(images, ['cat', 'dog']).final.logits
+    assert not torch.allclose(learned, mean, atol=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(vocabulary, model(images, ['cat', 'dog']).final.logits)
+
+
+def test_attention_pooling_weighs_only_valid_tokens_and_learns() -> None:
+    decoder = _attention_pooling_model().decoder
+    generator = torch.Generator().manual_seed(2)
+    tokens = torch.randn(2, 5, decoder.dim, generator=generator)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    with torch.no_grad():
+        pooled = decoder.pool_expression(tokens, mask)
+        torch.testing.assert_close(pooled[0, 0], tokens[0, :3].mean(0))
+        torch.testing.assert_close(pooled[1, 0], tokens[1].mean(0))
+        torch.nn.init.normal_(decoder.referring_pool[-1].weight, generator=generator)
+        weighted = decoder.pool_expression(tokens, mask)
+        padded = tokens.clone()
+        padded[0, 3:] = 1e4
+        torch.testing.assert_close(decoder.pool_expression(padded, mask), weighted)
+    assert not torch.allclose(weighted[0, 0], tokens[0, :3].mean(0), atol=1e-3)
+    decoder.referring_pool[-1].weight.data.zero_()
+    decoder.pool_expression(tokens, mask).square().sum().backward()
+    assert decoder.referring_pool[-1].weight.grad.abs().sum() > 0
+
+
+def test_unknown_referring_pooling_is_refused() -> None:
+    with pytest.raises(ValueError, match='referring_pooling'):
+        build_model('MOBIUS-tiny', decoder={'referring_pooling': 'max'})
+
+
 def test_stages_compose_to_forward(model: Mobius, images: torch.Tensor) -> None:
     phrases = ['cat', 'dog']
     with torch.no_grad():

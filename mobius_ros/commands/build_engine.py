@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobius_ros.common.errors import SegmenterError
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
     DEFAULT_ENGINE_ROOT,
@@ -31,7 +32,6 @@ from mobius_ros.export.engine_cache import (
     engine_plan,
     file_sha256,
 )
-from mobius_ros.runtime.errors import SegmenterError
 
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 
@@ -127,10 +127,10 @@ def calibration_feeds(
     """
     import cv2
 
+    from mobius_ros.common.tokenizer import load_tokenizer
     from mobius_ros.export.tensorrt_build import onnx_input_shapes
     from mobius_ros.ops.image import letterbox, normalize_image
     from mobius_ros.runtime.runner import OnnxRuntimeRunner
-    from mobius_ros.runtime.tokenizer import load_tokenizer
 
     height, width = onnx_input_shapes(onnx_dir / io_spec.ENCODER_SPEC.filename)['image'][2:]
     if not isinstance(height, int) or not isinstance(width, int):

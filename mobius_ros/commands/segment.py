@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from mobius_ros.runtime.errors import SegmenterError
+    from mobius_ros.common.errors import SegmenterError
     from mobius_ros.runtime.overlay import draw_prediction
     from mobius_ros.runtime.segmenter import Segmenter, SegmenterConfig
 

@@ -76,8 +76,8 @@ def resolve_input_size(options: DemoOptions) -> tuple[int, int]:
     """The letterbox canvas: as asked, else the export folder's own, else the demo scale."""
     if options.input_size is not None:
         return options.input_size
+    from mobius_ros.common.errors import ModelLoadError
     from mobius_ros.runtime.backends import resolve_checkpoint
-    from mobius_ros.runtime.errors import ModelLoadError
 
     try:
         source = resolve_checkpoint(options.checkpoint)

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 
+from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
-from mobius_ros.runtime.errors import ModelLoadError
 
 POLICIES = ('never', 'if_missing', 'if_mismatched')
 PRECISIONS = ('fp32', 'fp16', 'int8')

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # One TensorSpec type for the whole runtime: the runners check feeds against these specs.
-from mobius_ros.runtime.runner import TensorSpec
+from mobius_ros.common.tensor_spec import TensorSpec
 
 ENCODER = 'encoder'
 MASK_HEAD = 'mask_head'

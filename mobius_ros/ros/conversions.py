@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mobius_ros.runtime.errors import ImageError
+from mobius_ros.common.errors import ImageError
 
 # encoding -> (channels, bytes per channel); aliases follow sensor_msgs/image_encodings.hpp.
 _LAYOUT: dict[str, tuple[int, int]] = {

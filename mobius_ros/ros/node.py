@@ -35,6 +35,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
 
+from mobius_ros.common.errors import ImageError, SegmenterError
 from mobius_ros.ros import messages, params
 from mobius_ros.ros.conversions import (
     label_to_image_fields,
@@ -44,7 +45,6 @@ from mobius_ros.ros.conversions import (
 )
 from mobius_ros.ros.services import ServiceHandlers
 from mobius_ros.ros.stats import FrameStats, LatestSlot
-from mobius_ros.runtime.errors import ImageError, SegmenterError
 from mobius_ros.runtime.result import Prediction
 
 try:

@@ -154,7 +154,7 @@ def validate(name: str, value: Any) -> str | None:
     if name in ('input_height', 'input_width') and value % 32:
         return f'{name} must be a multiple of 32, got {value}'
     if name == 'vocabulary':
-        from mobius_ros.runtime.errors import VocabularyError
+        from mobius_ros.common.errors import VocabularyError
         from mobius_ros.runtime.vocabulary import validate_phrases
 
         try:

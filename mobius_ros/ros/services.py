@@ -13,9 +13,9 @@ from typing import Any
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
 
+from mobius_ros.common.errors import SegmenterError
 from mobius_ros.ros import messages
 from mobius_ros.ros.conversions import message_to_rgb
-from mobius_ros.runtime.errors import SegmenterError
 from mobius_ros.runtime.result import Task
 
 

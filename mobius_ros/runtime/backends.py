@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
-from mobius_ros.runtime.errors import ModelLoadError
 from mobius_ros.runtime.exported import FORMAT, ExportedModel, RunnerFactory, onnxruntime_factory
 from mobius_ros.runtime.predictor import GraphRunners
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from mobius_ros.common.errors import ModelLoadError
+from mobius_ros.common.tokenizer import load_tokenizer
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import file_sha256
-from mobius_ros.runtime.errors import ModelLoadError
 from mobius_ros.runtime.predictor import GraphRunners
 from mobius_ros.runtime.runner import Runner
-from mobius_ros.runtime.tokenizer import load_tokenizer
 from mobius_ros.runtime.vocabulary import TextBatch
 
 FORMAT = io_spec.EXPORT_FORMAT

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mobius_ros.common.errors import ImageError, SegmenterError
 from mobius_ros.export import io_spec
 from mobius_ros.model.pruning import PruningConfig, keep_indices, threshold
 from mobius_ros.ops.boxes import box_cxcywh_to_xyxy, clip_boxes, scale_boxes
 from mobius_ros.ops.image import letterbox, normalize_image
 from mobius_ros.ops.masks import mask_quality, paste_masks
 from mobius_ros.runtime.budget import BudgetController, BudgetDecision
-from mobius_ros.runtime.errors import ImageError, SegmenterError
 from mobius_ros.runtime.result import Prediction, Task
 from mobius_ros.runtime.runner import Runner
 from mobius_ros.runtime.vocabulary import TextBatch

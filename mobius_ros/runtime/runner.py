@@ -12,36 +12,14 @@ onnxruntime is imported lazily, inside `OnnxRuntimeRunner`, so this module impor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from mobius_ros.runtime.errors import ModelLoadError, RunnerInputError
-
-# A dimension is a fixed size, or a symbolic name (dynamic axis, e.g. 'Q'), or None (unnamed).
-Dim = int | str | None
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, dtype and shape of one graph input or output.
-
-    Attributes:
-        name: the tensor's name in the graph.
-        dtype: numpy dtype name ('float32', 'int64', 'bool', ...).
-        shape: one entry per axis: an int for a fixed size, a string or None for a dynamic axis.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[Dim, ...]
-
-    def describe(self) -> str:
-        dims = ', '.join('?' if d is None else str(d) for d in self.shape)
-        return f'{self.dtype} [{dims}]'
+from mobius_ros.common.errors import ModelLoadError, RunnerInputError
+from mobius_ros.common.tensor_spec import TensorSpec
 
 
 @runtime_checkable

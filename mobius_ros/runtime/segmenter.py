@@ -27,11 +27,11 @@ from types import TracebackType
 
 import numpy as np
 
+from mobius_ros.common.errors import SegmenterError
 from mobius_ros.export.engine_cache import PRECISIONS
 from mobius_ros.model.pruning import PruningConfig
 from mobius_ros.runtime.backends import open_backend, resolve_checkpoint
 from mobius_ros.runtime.budget import BudgetController
-from mobius_ros.runtime.errors import SegmenterError
 from mobius_ros.runtime.predictor import Predictor, PredictorSettings, TextInputs
 from mobius_ros.runtime.result import Prediction, Task
 from mobius_ros.runtime.vocabulary import (

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mobius_ros.runtime.errors import ModelLoadError, RunnerInputError
-from mobius_ros.runtime.runner import RunnerBase, TensorSpec, check_feeds
+from mobius_ros.common.errors import ModelLoadError, RunnerInputError
+from mobius_ros.common.tensor_spec import TensorSpec
+from mobius_ros.runtime.runner import RunnerBase, check_feeds
 
 
 class _Buffer:

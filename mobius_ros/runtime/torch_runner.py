@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mobius_ros.runtime.runner import RunnerBase, TensorSpec, check_feeds
+from mobius_ros.common.tensor_spec import TensorSpec
+from mobius_ros.runtime.runner import RunnerBase, check_feeds
 
 
 class TorchRunner(RunnerBase):

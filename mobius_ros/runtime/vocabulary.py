@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mobius_ros.runtime.errors import VocabularyError
+from mobius_ros.common.errors import VocabularyError
 from mobius_ros.runtime.result import Task
 
 _LOG = logging.getLogger(__name__)

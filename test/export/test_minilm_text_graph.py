@@ -17,11 +17,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_text_graph_matches_torch(tmp_path: Path) -> None:
+    from mobius_ros.common.tokenizer import load_tokenizer
     from mobius_ros.export.onnx import copy_tokenizer, export_graph
     from mobius_ros.export.wrappers import TextEncoderGraph
     from mobius_ros.model.text_encoder import MiniLMTextEncoder
     from mobius_ros.runtime.exported import GraphTextEncoder, onnxruntime_factory
-    from mobius_ros.runtime.tokenizer import load_tokenizer
 
     encoder = MiniLMTextEncoder()
     ids, spec = copy_tokenizer(encoder, tmp_path)

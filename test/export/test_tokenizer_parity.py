@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobius_ros.runtime.errors import ModelLoadError
-from mobius_ros.runtime.tokenizer import CLIP_BPE, ClipBpeTokenizer, load_tokenizer
+from mobius_ros.common.errors import ModelLoadError
+from mobius_ros.common.tokenizer import CLIP_BPE, ClipBpeTokenizer, load_tokenizer
 
 PHRASES = [
     'person',

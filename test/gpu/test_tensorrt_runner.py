@@ -15,6 +15,7 @@ trt = pytest.importorskip('tensorrt')
 pytest.importorskip('pycuda.driver')
 onnx = pytest.importorskip('onnx')
 
+from mobius_ros.common.errors import RunnerInputError  # noqa: E402
 from mobius_ros.export.engine_cache import (  # noqa: E402
     EngineAction,
     decide,
@@ -29,7 +30,6 @@ from mobius_ros.export.tensorrt_build import (  # noqa: E402
     environment,
     expected_sidecar,
 )
-from mobius_ros.runtime.errors import RunnerInputError  # noqa: E402
 from mobius_ros.runtime.runner import OnnxRuntimeRunner  # noqa: E402
 from mobius_ros.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402
 

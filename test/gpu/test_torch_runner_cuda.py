@@ -10,7 +10,7 @@ torch = pytest.importorskip('torch')
 if not torch.cuda.is_available():
     pytest.skip('no CUDA device', allow_module_level=True)
 
-from mobius_ros.runtime.runner import TensorSpec  # noqa: E402
+from mobius_ros.common.tensor_spec import TensorSpec  # noqa: E402
 from mobius_ros.runtime.torch_runner import TorchRunner  # noqa: E402
 
 

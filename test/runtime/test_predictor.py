@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from mobius_ros.common.errors import ImageError
 from mobius_ros.model.pruning import PruningConfig
-from mobius_ros.runtime.errors import ImageError
 from mobius_ros.runtime.predictor import (
     DecoderResult,
     GraphRunners,

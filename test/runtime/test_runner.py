@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobius_ros.runtime.errors import ModelLoadError, RunnerInputError
-from mobius_ros.runtime.runner import OnnxRuntimeRunner, Runner, TensorSpec, check_feeds
+from mobius_ros.common.errors import ModelLoadError, RunnerInputError
+from mobius_ros.common.tensor_spec import TensorSpec
+from mobius_ros.runtime.runner import OnnxRuntimeRunner, Runner, check_feeds
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobius_ros.common.errors import ImageError, ModelLoadError, SegmenterError, VocabularyError
 from mobius_ros.model.pruning import PruningConfig
-from mobius_ros.runtime.errors import ImageError, ModelLoadError, SegmenterError, VocabularyError
 from mobius_ros.runtime.result import Task
 
 torch = pytest.importorskip('torch')

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export.engine_cache import (
     BuildOptions,
     EngineAction,
@@ -21,7 +22,6 @@ from mobius_ros.export.tensorrt_build import (
     onnx_input_shapes,
     plan_profiles,
 )
-from mobius_ros.runtime.errors import ModelLoadError
 
 onnx = pytest.importorskip('onnx')
 

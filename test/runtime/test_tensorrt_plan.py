@@ -14,6 +14,7 @@ import pytest
 
 from mobius_ros.cli import build_parser
 from mobius_ros.commands.build_engine import plan_from_args
+from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
     DEFAULT_ENGINE_ROOT,
@@ -26,7 +27,6 @@ from mobius_ros.export.engine_cache import (
 )
 from mobius_ros.export.tensorrt_build import check_engine, expected_sidecar
 from mobius_ros.runtime.backends import tensorrt_plan
-from mobius_ros.runtime.errors import ModelLoadError
 from mobius_ros.runtime.exported import ExportedModel
 from mobius_ros.runtime.segmenter import SegmenterConfig
 

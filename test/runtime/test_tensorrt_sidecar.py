@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
     EngineAction,
@@ -21,7 +22,6 @@ from mobius_ros.export.engine_cache import (
     sidecar_path,
     write_sidecar,
 )
-from mobius_ros.runtime.errors import ModelLoadError
 
 EXPECTED = Sidecar(
     tensorrt_version='10.3.0',

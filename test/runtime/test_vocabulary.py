@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mobius_ros.runtime.errors import VocabularyError
+from mobius_ros.common.errors import VocabularyError
 from mobius_ros.runtime.result import Task
 from mobius_ros.runtime.vocabulary import (
     TextBatch,
@@ -266,11 +266,11 @@ def test_graph_text_encoder_matches_torch(tmp_path: Path) -> None:
     """The torch-free path (exported text graph + tokenizer) fills the cache identically."""
     torch = pytest.importorskip('torch')
     pytest.importorskip('onnxruntime')
+    from mobius_ros.common.tokenizer import load_tokenizer
     from mobius_ros.export.onnx import ExportOptions, export_model
     from mobius_ros.model.variants import build_model
     from mobius_ros.runtime.exported import GraphTextEncoder
     from mobius_ros.runtime.runner import OnnxRuntimeRunner
-    from mobius_ros.runtime.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
     model = build_model('MOBIUS-tiny').eval()

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mobius_ros.common.errors import ImageError
 from mobius_ros.ros.conversions import (
     ENCODINGS,
     compressed_to_rgb,
@@ -19,7 +20,6 @@ from mobius_ros.ros.conversions import (
     rgb_to_compressed,
     rgb_to_image_fields,
 )
-from mobius_ros.runtime.errors import ImageError
 
 
 def _picture(height: int = 6, width: int = 8) -> np.ndarray:

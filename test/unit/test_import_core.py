@@ -63,3 +63,21 @@ def test_pruning_imports_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '0.125'
+
+
+def test_export_layer_does_not_reach_into_runtime() -> None:
+    """Errors, tensor specs and tokenizers live below both layers: export never loads runtime."""
+    result = _run(
+        [],
+        """
+        import pkgutil, importlib
+        import mobius_ros.export
+        for info in pkgutil.iter_modules(mobius_ros.export.__path__):
+            importlib.import_module(f'mobius_ros.export.{info.name}')
+        import mobius_ros.common.tokenizer
+        loaded = sorted(m for m in sys.modules if m.startswith('mobius_ros.runtime'))
+        print(loaded)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mobius_ros.runtime.errors import ModelLoadError
+from mobius_ros.common.errors import ModelLoadError
 
 CLIP_BPE = 'clip-bpe'
 HF_TOKENIZERS = 'hf-tokenizers'

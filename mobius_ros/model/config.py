@@ -16,23 +16,44 @@ class BackboneConfig:
     """Vision encoder.
 
     Attributes:
-        name: 'tiny', 'fastervit-0'..'3', or a timm model name ('resnet50',
-            'mobilenetv4_conv_small', ...).
+        name: 'tiny', 'fastervit-0'..'3', a timm model name ('resnet50',
+            'mobilenetv4_conv_small', ...), or 'd2-resnet50' (a ResNet-50 laid out and
+            computed as detectron2 builds it for GLEE: frozen batch norm, stride in the 3x3).
         tiny_width: stride-4 width of the 'tiny' backbone.
         image_size: (H, W) input canvas; only FasterViT fixes it at construction.
+        d2_stem_width, d2_width_per_group, d2_res2_out: 'd2-resnet50' widths (stem output,
+            bottleneck width of the first stage, output width of the first stage); the
+            defaults are ResNet-50's, narrower values build reduced test models.
     """
 
     name: str = 'tiny'
     tiny_width: int = 16
     image_size: tuple[int, int] = (384, 512)
+    d2_stem_width: int = 64
+    d2_width_per_group: int = 64
+    d2_res2_out: int = 256
 
 
 @dataclass(frozen=True)
 class TextConfig:
-    """Text encoder: 'clip', 'minilm' or 'tiny' (width for 'tiny' only)."""
+    """Text encoder.
+
+    Attributes:
+        name: 'clip' (open_clip ViT-B/32), 'minilm', 'tiny', or 'hf-clip': CLIP's text
+            transformer in the Hugging Face layout GLEE uses (its token features, not the
+            pooled projection), with CLIP's tokenizer.
+        width: token width for 'tiny' and 'hf-clip'.
+        layers, heads, ffn_dim, context_length, vocab_size: 'hf-clip' only; the defaults are
+            CLIP ViT-B/32's text tower.
+    """
 
     name: str = 'clip'
     width: int = 32
+    layers: int = 12
+    heads: int = 8
+    ffn_dim: int = 2048
+    context_length: int = 77
+    vocab_size: int = 49408
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,12 @@ class PixelDecoderConfig:
         num_heads, num_points: attention heads and deformable sampling points per level.
         ffn_dim: FFN hidden width.
         fusion: early bi-attention fusion; fusion_dim, fusion_heads its inner width and heads.
+        style: 'bottleneck' (MOBIUS, DESIGN §4.5) or 'maskdino': GLEE's MaskDINO encoder
+            (input projections with group norm, an extra stride-64 level, early fusion before
+            the deformable layers, an FPN step to stride 4), computed as GLEE computes it.
     """
 
+    style: str = 'bottleneck'
     encoder_strides: tuple[int, ...] = (16,)
     num_layers: int = 6
     self_attn: str = 'deformable'
@@ -73,8 +98,13 @@ class DecoderConfig:
             decoder's class head scores queries against: 'mean' of its projected tokens (the
             paper's, as for class names) or 'attention', a learned softmax weighting of them
             that can favour the expression's subject over the objects it relates to.
+        style: 'mobius' (DESIGN §4.6, with the calibrated confidence head) or 'maskdino':
+            GLEE's MaskDINO decoder at inference (query selection from the encoder, box
+            refinement, its heads); it has no confidence head, so pruning ranks queries by
+            their best class probability.
     """
 
+    style: str = 'mobius'
     num_queries: int = 300
     num_layers: int = 6
     multi_scale: bool = False

@@ -27,6 +27,8 @@ TRAIN = [
     'tensorboard>=2.14',
     'matplotlib>=3.7',
 ]
+GLEE = ['transformers>=4.40', 'fvcore>=0.1.5', 'iopath>=0.1.9', 'omegaconf>=2.1', 'lvis>=0.5.3',
+        'einops>=0.6']
 # A real ROS 2 Jazzy runtime from PyPI wheels (rclpy on Fast DDS), plus the rosidl generators
 # that build our interface package and the vision_msgs test fixture with plain cmake (several of
 # them are undeclared dependencies of the generators).
@@ -112,7 +114,11 @@ setup(
             'onnxscript>=0.1',
             'rosbags>=0.10',
             'scikit-image>=0.21',
+            *GLEE,
         ],
+        # GLEE's reference code (the parity oracle of the GLEE conversion) imports these beside
+        # torch and transformers; nothing in mobius_ros needs them at run time.
+        'glee': GLEE,
         'jetson': ['tensorrt>=10.0', 'pycuda>=2022.2'],
         'fastervit': ['fastervit>=1.0'],
     },

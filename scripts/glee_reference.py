@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         entries = state_dict_manifest(model)
         doc = {
             'variant': args.variant,
-            'source': 'GLEE commit 6f5a19d35b1f732715c8a33e091c6729367b75a5, GLEE_Model state dict',
+            'source': ('GLEE commit 6f5a19d35b1f732715c8a33e091c6729367b75a5, '
+                       'GLEE_Model state dict'),
             'num_tensors': len(entries),
             'num_elements': sum(int(__import__('math').prod(s)) for _, s, _ in entries),
             'tensors': entries,

@@ -176,31 +176,48 @@ def build_reference(
 
 
 def reseed(model, seed: int) -> None:
-    """Deterministic, well-scaled random weights for every tensor (parameters and buffers).
+    """Load `seeded_state` of the model's own manifest (see there)."""
+    model.load_state_dict(seeded_state(state_dict_manifest(model), seed))
+
+
+def seeded_state(entries: list[list], seed: int) -> dict:
+    """Deterministic, well-scaled random values for a manifest [[name, shape, dtype], ...].
 
     GLEE's own initialisers leave some parts at zero (box heads, FrozenBN means) which would
     hide mapping mistakes, so every tensor gets fresh values; norms' scales stay near 1 and
-    FrozenBN variances positive so activations stay in range.
+    FrozenBN variances positive so activations stay in range. Names of one shared tensor get
+    one value. Needs only torch: the parity test regenerates the weights without GLEE's code.
     """
+    import math
+
     import torch
 
+    from mobius_ros.model.glee_checkpoint import shared_key
+
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            if not tensor.is_floating_point():
-                continue
-            fan = tensor.shape[-1] if tensor.dim() > 1 else 1
-            noise = torch.randn(tensor.shape, generator=generator)
-            leaf = name.rsplit('.', 1)[-1]
-            if leaf in ('running_var',):
-                value = 0.5 + noise.abs()
-            elif tensor.dim() == 1 and (leaf == 'weight' or leaf == 'gamma'):
-                value = 1.0 + 0.1 * noise
-            elif tensor.dim() == 1:
-                value = 0.05 * noise
-            else:
-                value = noise / max(fan, 1) ** 0.5
-            tensor.data.copy_(value.to(tensor.dtype))
+    state, shared = {}, {}
+    for name, shape, dtype in entries:
+        key = shared_key(name)
+        if key is not None and key in shared:
+            state[name] = shared[key]
+            continue
+        if not dtype.startswith(('float', 'bfloat')):
+            raise ValueError(f'{name}: no seeded values for dtype {dtype}')
+        fan = math.prod(shape[1:]) if len(shape) > 1 else 1  # fan-in of linear and conv
+        noise = torch.randn(shape, generator=generator)
+        leaf = name.rsplit('.', 1)[-1]
+        if leaf == 'running_var':
+            value = 0.5 + noise.abs()
+        elif len(shape) == 1 and leaf in ('weight', 'gamma'):
+            value = 1.0 + 0.1 * noise
+        elif len(shape) == 1:
+            value = 0.05 * noise
+        else:
+            value = noise / max(fan, 1) ** 0.5
+        state[name] = value
+        if key is not None:
+            shared[key] = value
+    return state
 
 
 def state_dict_manifest(model) -> list[list]:
@@ -229,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         entries = state_dict_manifest(model)
         doc = {
             'variant': args.variant,
-            'source': ('GLEE commit 6f5a19d35b1f732715c8a33e091c6729367b75a5, '
-                       'GLEE_Model state dict'),
+            'source': (
+                'GLEE commit 6f5a19d35b1f732715c8a33e091c6729367b75a5, GLEE_Model state dict'
+            ),
             'num_tensors': len(entries),
             'num_elements': sum(int(__import__('math').prod(s)) for _, s, _ in entries),
             'tensors': entries,

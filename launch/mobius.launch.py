@@ -2,10 +2,12 @@
 
     ros2 launch mobius_ros mobius.launch.py namespace:=front image_topic:=/front/image_raw \
         preset:=orin_nano params_file:=/path/to/my.yaml
+    ros2 launch mobius_ros mobius.launch.py preset:=glee_lite checkpoint:=/models/glee.safetensors
 
 Parameters come from YAML, not launch arguments: config/mobius.yaml (defaults), then the device
-preset (orin_nano, orin_agx, desktop; optional), then your params_file (optional), later files
-overriding earlier ones. One node per camera namespace; engines are shared on disk.
+preset (orin_nano, orin_agx, desktop, glee_lite; optional), then your params_file (optional),
+later files overriding earlier ones; a non-empty `checkpoint` argument overrides them all.
+One node per camera namespace; engines are shared on disk.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ def _node(context: object) -> list[LifecycleNode]:
     source = 'image/compressed' if compressed else 'image'
     target = f'{image_topic}/compressed' if compressed else image_topic
     use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() == 'true'
+    overrides: dict[str, object] = {'use_sim_time': use_sim_time, 'compressed': compressed}
+    checkpoint = LaunchConfiguration('checkpoint').perform(context)
+    if checkpoint:
+        overrides['checkpoint'] = os.path.expanduser(checkpoint)
     return [
         LifecycleNode(
             package='mobius_ros',
             executable='mobius_node',
             name='mobius',
             namespace=LaunchConfiguration('namespace'),
-            parameters=[*files, {'use_sim_time': use_sim_time, 'compressed': compressed}],
+            parameters=[*files, overrides],
             remappings=[(source, target)],
             output='screen',
             emulate_tty=True,
@@ -61,7 +67,15 @@ def generate_launch_description() -> LaunchDescription:
                 description='subscribe <image_topic>/compressed',
             ),
             DeclareLaunchArgument(
-                'preset', default_value='', description='orin_nano | orin_agx | desktop | empty'
+                'preset',
+                default_value='',
+                description='orin_nano | orin_agx | desktop | glee_lite | empty',
+            ),
+            DeclareLaunchArgument(
+                'checkpoint',
+                default_value='',
+                description='model checkpoint (.safetensors, e.g. a converted GLEE) or export '
+                'folder; overrides the parameter files',
             ),
             DeclareLaunchArgument(
                 'params_file', default_value='', description='your parameters (YAML), applied last'

@@ -47,10 +47,23 @@ UNUSED: tuple[tuple[str, str], ...] = (
     ),
     (r'.*num_batches_tracked$', 'a batch-norm counter, not a weight'),
 )
-# MaskDINO shares one box head among the decoder layers and the encoder's proposals; a state
-# dict lists the shared tensors under each of these names. One is mapped, the others must equal
-# it.
-SHARED = re.compile(r'predictor\.(?:_bbox_embed|bbox_embed\.\d+|decoder\.bbox_embed\.\d+)\.(.+)$')
+# MaskDINO shares one box head among the decoder layers and the encoder's proposals, and one
+# norm between the decoder and its heads; a state dict lists each shared tensor under every
+# name. One is mapped, the others must equal it.
+SHARED = (
+    re.compile(r'predictor\.(?:_bbox_embed|bbox_embed\.\d+|decoder\.bbox_embed\.\d+)\.(.+)$'),
+    re.compile(r'predictor\.(?:decoder_norm|decoder\.norm)\.(.+)$'),
+)
+
+
+def shared_key(name: str) -> tuple[int, str] | None:
+    """Names with the same key hold one shared GLEE tensor; None for unshared names."""
+    for index, pattern in enumerate(SHARED):
+        if m := pattern.match(name):
+            return index, m.group(1)
+    return None
+
+
 GLEE_MARKERS = ('pixel_decoder.', 'predictor.', 'lang_projection')
 SUPPORTED = ('GLEE-Lite',)
 
@@ -212,17 +225,18 @@ def map_glee_state(
     ours['text_proj.bias'] = torch.zeros(lang.shape[1], dtype=lang.dtype)
 
     unused, unknown = {}, []
-    shared = {m.group(1): n for n in sorted(take.used) if (m := SHARED.match(n))}
+    shared = {key: n for n in sorted(take.used) if (key := shared_key(n)) is not None}
     for name in sorted(set(state) - take.used):
         reason = next((why for pattern, why in UNUSED if re.match(pattern, name)), None)
-        if (m := SHARED.match(name)) and m.group(1) in shared:
-            twin = shared[m.group(1)]
+        key = shared_key(name)
+        if key in shared:
+            twin = shared[key]
             if not torch.equal(state[name], state[twin]):
                 raise ModelLoadError(
-                    f'GLEE checkpoint: shared box-head tensors {name} and '
-                    f'{twin} differ (a corrupt or edited file?)'
+                    f'GLEE checkpoint: shared tensors {name} and {twin} differ '
+                    '(a corrupt or edited file?)'
                 )
-            reason = f'the same shared box-head tensor as {twin}'
+            reason = f'the same shared tensor as {twin}'
         if reason is None:
             unknown.append(name)
         else:

@@ -115,6 +115,28 @@ def load_matching_weights(model: torch.nn.Module, path: str | Path) -> tuple[lis
     return sorted(fits), skipped
 
 
+def transfer_report(loaded: list[str], skipped: list[str]) -> str:
+    """What an initialisation copied and what starts fresh, per part of the model.
+
+    One line per part (`backbone`, `text_encoder`, `pixel_decoder`, `decoder.layers.3`, ...):
+    how many of its tensors were copied, e.g. `decoder.layers.0  12/16 copied`.
+    """
+    parts: dict[str, list[int]] = {}
+    for names, copied in ((loaded, True), (skipped, False)):
+        for name in names:
+            keys = name.split('.')
+            depth = 3 if len(keys) > 3 and keys[1] == 'layers' else 1
+            counts = parts.setdefault('.'.join(keys[:depth]), [0, 0])
+            counts[0 if copied else 1] += 1
+    width = max((len(p) for p in parts), default=0)
+    lines = []
+    for part in sorted(parts):
+        copied, fresh = parts[part]
+        state = 'copied' if not fresh else ('fresh' if not copied else 'copied, rest fresh')
+        lines.append(f'  {part:<{width}}  {copied}/{copied + fresh} {state}')
+    return '\n'.join(lines)
+
+
 def _read_sidecar(path: str | Path) -> dict:
     side = sidecar_path(path)
     if not side.is_file():

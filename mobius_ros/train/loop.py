@@ -142,13 +142,13 @@ def train(
     seed_everything(recipe.seed)  # identical initial weights on every rank
     model = build_training_model(recipe)
     if recipe.init_from:
-        from mobius_ros.model.checkpoint import load_matching_weights
+        from mobius_ros.model.checkpoint import load_matching_weights, transfer_report
 
         loaded, skipped = load_matching_weights(model, recipe.init_from)
         if info.is_main:
             print(
-                f'initialised {len(loaded)} tensors from {recipe.init_from}'
-                + (f'; {len(skipped)} kept as built: {skipped[:8]}' if skipped else '')
+                f'initialised {len(loaded)} tensors from {recipe.init_from}; '
+                f'{len(skipped)} start fresh:\n{transfer_report(loaded, skipped)}'
             )
     model = model.to(device)
     frozen = recipe.optim.frozen + (('text_encoder.',) if recipe.freeze_text_encoder else ())

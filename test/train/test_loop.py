@@ -256,7 +256,11 @@ def test_data_root_resolves_only_relative_dataset_paths(tmp_path: Path) -> None:
 
 
 def test_init_from_copies_every_fitting_tensor_and_rejects_wrong_files(tmp_path: Path) -> None:
-    from mobius_ros.model.checkpoint import load_matching_weights, save_checkpoint
+    from mobius_ros.model.checkpoint import (
+        load_matching_weights,
+        save_checkpoint,
+        transfer_report,
+    )
 
     recipe = RECIPES['tiny']
     torch.manual_seed(1)
@@ -277,6 +281,11 @@ def test_init_from_copies_every_fitting_tensor_and_rejects_wrong_files(tmp_path:
     assert 'decoder.layers.0.ffn.linear1.weight' in skipped
     assert 'decoder.layers.0.self_attn.in_proj_weight' in loaded
     assert all(other.state_dict()[n].shape == source.state_dict()[n].shape for n in loaded)
+    report = transfer_report(loaded, skipped).splitlines()
+    layer0 = next(line for line in report if line.split()[0] == 'decoder.layers.0')
+    copied, total = map(int, layer0.split()[1].split('/'))
+    assert 0 < copied < total and 'rest fresh' in layer0
+    assert any(line.split()[0] == 'backbone' and line.endswith(' copied') for line in report)
 
     with pytest.raises(FileNotFoundError):
         load_matching_weights(same, tmp_path / 'missing.safetensors')

@@ -45,6 +45,11 @@ UNUSED: tuple[tuple[str, str], ...] = (
         r'|predictor\.bdd_(det|inst)\.',
         'per-dataset label embeddings of the denoising queries, used in training only',
     ),
+    (
+        r'predictor\.confidence_score\.',
+        'objectness head GLEE uses only to select queries for visual prompts and in training '
+        'losses; text-prompted inference scores queries by their class logits',
+    ),
     (r'.*num_batches_tracked$', 'a batch-norm counter, not a weight'),
 )
 # MaskDINO shares one box head among the decoder layers and the encoder's proposals, and one

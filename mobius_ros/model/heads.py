@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobius_ros.model.config import DecoderConfig
+
 
 class MLP(nn.Module):
     """Linear layers with ReLU between them."""
@@ -54,6 +56,26 @@ class ClassHead(nn.Module):
         return (q @ t.transpose(1, 2)) * self.logit_scale.exp() + self.bias
 
 
+class DotClassHead(nn.Module):
+    """logits = (q W) . class_embed^T: MaskDINO's (GLEE's) class head, no norm, scale or bias.
+
+    The caller normalises the queries (the decoder's final norm); class embeddings enter as
+    they are (GLEE's mean of projected tokens, not L2-normalised).
+
+    Args:
+        dim: query width C.
+        embed_dim: class embedding width (GLEE's DIM_PROJ).
+    """
+
+    def __init__(self, dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, embed_dim, bias=False)
+
+    def forward(self, queries: Tensor, class_embed: Tensor) -> Tensor:
+        """queries [B, Q, C], class_embed [B, K, E] -> logits [B, Q, K]."""
+        return self.proj(queries) @ class_embed.transpose(1, 2)
+
+
 def confidence_from_logits(logits: Tensor) -> Tensor:
     """[B, Q, K] -> [B, Q] max_k sigmoid(logit): the language-guided confidence."""
     return logits.sigmoid().amax(dim=-1)
@@ -63,6 +85,15 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """Logit of x in (0, 1), clamped for stability."""
     x = x.clamp(eps, 1.0 - eps)
     return torch.log(x / (1.0 - x))
+
+
+def clamped_odds_logit(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """log(max(x, eps) / max(1 - x, eps)) of x in [0, 1] (MaskDINO's inverse sigmoid).
+
+    Equal to `inverse_sigmoid` inside (eps, 1 - eps); at the ends it is +-log(1 / eps) exactly.
+    """
+    x = x.clamp(0.0, 1.0)
+    return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
 
 
 class BoxHead(nn.Module):
@@ -92,3 +123,18 @@ class MaskHead(nn.Module):
         """queries [B, Q, C], mask_features [B, C, H/4, W/4] -> mask logits [B, Q, H/4, W/4]."""
         embed = self.embed(self.norm(queries))
         return torch.einsum('bqc,bchw->bqhw', embed, mask_features)
+
+
+class RenormMaskHead(MaskHead):
+    """masks = MLP(LN(LN(q))) . mask_features: MaskDINO's decoder norms each layer's output
+    and its mask head norms it again with the same norm (GLEE's layers; its proposals, a
+    training-only output, see the norm once)."""
+
+    def forward(self, queries: Tensor, mask_features: Tensor) -> Tensor:
+        """queries [B, Q, C], mask_features [B, C, H/4, W/4] -> mask logits [B, Q, H/4, W/4]."""
+        return super().forward(self.norm(queries), mask_features)
+
+
+def build_mask_head(config: DecoderConfig, dim: int) -> MaskHead:
+    """The mask head of the decoder style: `MaskHead` ('mobius') or `RenormMaskHead`."""
+    return RenormMaskHead(dim) if config.style == 'maskdino' else MaskHead(dim)

@@ -19,7 +19,7 @@ from mobius_ros.model.outputs import EncoderState, LayerOutput, MobiusOutput
 from mobius_ros.model.pixel_decoder import BottleneckPixelDecoder
 from mobius_ros.model.pruning import PruningConfig, threshold
 from mobius_ros.model.text_encoder import TextFeatures, pack_tokens
-from mobius_ros.model.transformer_decoder import QueryDecoder, keep_topk
+from mobius_ros.model.transformer_decoder import MaskDINODecoder, QueryDecoder, keep_topk
 
 NO_PRUNING = PruningConfig(trajectory='none')
 
@@ -30,17 +30,19 @@ class Mobius(nn.Module):
     Args:
         backbone: images [B, 3, H, W] -> {stride: [B, C_s, H/s, W/s]} for strides 4..32.
         text_encoder: a `TextEncoder` (phrases -> TextFeatures of width D).
-        pixel_decoder: the bottleneck pixel decoder of width C.
-        decoder: the query decoder of width C.
-        mask_head: query -> mask embedding head.
+        pixel_decoder: the pixel decoder of width C (the bottleneck one, or GLEE's MaskDINO
+            encoder: any module with `dim` and the bottleneck decoder's call contract).
+        decoder: the query decoder of width C (`QueryDecoder`, or `MaskDINODecoder` for a
+            GLEE-style model; both have the same `select` / `layer` interface).
+        mask_head: query -> mask embedding head (`RenormMaskHead` with `MaskDINODecoder`).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         text_encoder: nn.Module,
-        pixel_decoder: BottleneckPixelDecoder,
-        decoder: QueryDecoder,
+        pixel_decoder: BottleneckPixelDecoder | nn.Module,
+        decoder: QueryDecoder | MaskDINODecoder,
         mask_head: MaskHead,
     ) -> None:
         super().__init__()

@@ -57,8 +57,10 @@ def _run(model, image, prompt: dict) -> dict:
     original = pixel.forward_features
 
     def forward_features(*args, **kwargs):
+        # GLEE's fusion overwrites its text input in place: copy it first.
+        fusion = kwargs.get('early_fusion')
+        got['fusion_in'] = {k: v.clone() for k, v in fusion.items()}
         out = original(*args, **kwargs)
-        got['fusion_in'] = kwargs.get('early_fusion')
         got['pixel_out'] = out
         return out
 

@@ -37,13 +37,15 @@ class BiAttention(nn.Module):
         B, N, _ = x.shape
         return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, vision: Tensor, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, vision: Tensor, text: Tensor, text_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """Exchange information between the two streams.
 
         Args:
             vision: [B, N, Cv].
             text: [B, T, Ct].
-            text_mask: [B, T] bool, True on valid tokens.
+            text_mask: [B, T] bool, True on valid tokens; None attends to every token.
 
         Returns:
             (delta_vision [B, N, Cv], delta_text [B, T, Ct]).
@@ -54,8 +56,10 @@ class BiAttention(nn.Module):
         attn = q @ k.transpose(-1, -2)  # [B, M, N, T]
         # GLIP clamps the logits: the shared matrix is exponentiated in both directions.
         attn = attn.clamp(-50_000.0, 50_000.0)
-        invalid = ~text_mask[:, None, None, :]
-        attn_v = attn.masked_fill(invalid, float('-inf')).softmax(-1)
+        attn_v = attn
+        if text_mask is not None:
+            attn_v = attn.masked_fill(~text_mask[:, None, None, :], float('-inf'))
+        attn_v = attn_v.softmax(-1)
         attn_l = attn.transpose(-1, -2).softmax(-1)  # [B, M, T, N]
         out_v = attn_v @ self._heads(self.values_l_proj(text))
         out_l = attn_l @ self._heads(self.values_v_proj(vision))
@@ -75,17 +79,33 @@ class BiAttentionBlock(nn.Module):
         embed_dim: inner attention width.
         num_heads: heads.
         init_scale: initial layer scale (small, so fusion starts as identity).
+        residual_from_norm: add the updates to the normalised streams instead of the inputs
+            (GLEE's early fusion: its block overwrites v and l with their layer norms first).
     """
 
-    def __init__(self, dim: int, embed_dim: int, num_heads: int, init_scale: float = 1e-4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int,
+        num_heads: int,
+        init_scale: float = 1e-4,
+        *,
+        residual_from_norm: bool = False,
+    ) -> None:
         super().__init__()
+        self.residual_from_norm = residual_from_norm
         self.norm_v = nn.LayerNorm(dim)
         self.norm_l = nn.LayerNorm(dim)
         self.attn = BiAttention(dim, dim, embed_dim, num_heads)
         self.gamma_v = nn.Parameter(torch.full((dim,), init_scale))
         self.gamma_l = nn.Parameter(torch.full((dim,), init_scale))
 
-    def forward(self, vision: Tensor, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """[B, N, C], [B, T, C], [B, T] bool -> fused ([B, N, C], [B, T, C])."""
-        dv, dl = self.attn(self.norm_v(vision), self.norm_l(text), text_mask)
+    def forward(
+        self, vision: Tensor, text: Tensor, text_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """[B, N, C], [B, T, C], [B, T] bool or None -> fused ([B, N, C], [B, T, C])."""
+        normed_v, normed_l = self.norm_v(vision), self.norm_l(text)
+        dv, dl = self.attn(normed_v, normed_l, text_mask)
+        if self.residual_from_norm:
+            vision, text = normed_v, normed_l
         return vision + self.gamma_v * dv, text + self.gamma_l * dl

@@ -117,7 +117,8 @@ class _Taker:
 
 
 def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the `module.` / `glee.` prefixes GLEE's training wrappers add (any order)."""
+    """Drop the `module.` / `glee.` prefixes GLEE's training wrappers add (any order) and the
+    `text_model.` level older transformers put in the text towers' names."""
     out = {}
     for key, value in state.items():
         name = key
@@ -127,6 +128,10 @@ def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             for prefix in WRAPPER_PREFIXES:
                 if name.startswith(prefix):
                     name, changed = name[len(prefix) :], True
+        # transformers 4 (GLEE's release) nests CLIPTextModel's tower under `text_model.`.
+        for tower in ('text_encoder.', 'text_encoder_teacher.'):
+            if name.startswith(tower + 'text_model.'):
+                name = tower + name[len(tower + 'text_model.') :]
         if name in out:
             raise ModelLoadError(f'GLEE checkpoint has {key!r} twice once prefixes are removed')
         out[name] = value
@@ -214,7 +219,7 @@ def map_glee_state(
     parts: list[tuple[str, Callable[[], dict[str, Tensor]]]] = [
         ('backbone.', lambda: d2_resnet_from_glee(take, config.backbone)),
         ('text_encoder.', lambda: hf_clip_from_glee(take, config.text)),
-        ('pixel_decoder.', lambda: maskdino_encoder_from_glee(take, config)),
+        ('pixel_decoder.', lambda: maskdino_encoder_from_glee(take, config.pixel_decoder)),
         ('', lambda: maskdino_decoder_from_glee(take, config)),
     ]
     ours: dict[str, Tensor] = {}
@@ -346,7 +351,15 @@ def convert_state(
         except KeyError as error:
             raise ModelLoadError(f'GLEE checkpoint lacks tensor {error}') from error
     ours, mapped, unused = map_glee_state(state, config)
-    ours = {k: v.detach().to(torch.float32).contiguous() for k, v in ours.items()}
+    # safetensors stores no aliases: a GLEE tensor feeding two of ours (the decoder norm also
+    # used by the mask head) gets its own copy for the second.
+    seen: set[int] = set()
+    for key, value in ours.items():
+        value = value.detach().to(torch.float32).contiguous()
+        if value.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.data_ptr())
+        ours[key] = value
     return Conversion(ours, config, mapped, unused)
 
 

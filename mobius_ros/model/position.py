@@ -25,6 +25,20 @@ def sine_position_2d(height: int, width: int, dim: int, device: torch.device) ->
     return _sine(grid, dim // 2)
 
 
+def sine_position_2d_detr(height: int, width: int, dim: int, device: torch.device) -> Tensor:
+    """DETR's normalised sine embedding of an unpadded H x W map -> [H * W, dim] (y then x).
+
+    Rows and columns are counted from 1 and divided by the count plus 1e-6 (DETR's cumulative
+    sum over the unpadded mask), so the last cell sits at 1 rather than at a cell centre.
+    """
+    ys = torch.arange(1, height + 1, dtype=torch.float32, device=device)
+    xs = torch.arange(1, width + 1, dtype=torch.float32, device=device)
+    ys = ys / (ys[-1:] + 1e-6)
+    xs = xs / (xs[-1:] + 1e-6)
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), dim=-1).view(-1, 2)
+    return _sine(grid, dim // 2)
+
+
 def sine_box_embed(boxes: Tensor, dim: int) -> Tensor:
     """[B, Q, 4] cxcywh in [0, 1] -> [B, Q, 2 * dim] (dim / 2 features per coordinate)."""
     return _sine(boxes, dim // 2)

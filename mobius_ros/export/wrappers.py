@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mobius_ros.model.mobius import Mobius
-from mobius_ros.model.text_encoder import MiniLMTextEncoder, masked_mean
+from mobius_ros.model.text_encoder import HfClipTextEncoder, MiniLMTextEncoder, masked_mean
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -128,7 +128,14 @@ class TextEncoderGraph(nn.Module):
         self.text_encoder = text_encoder
 
     def forward(self, token_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # Both tokenizers pad with id 0 and no real token has id 0 after the start token.
+        if isinstance(self.text_encoder, HfClipTextEncoder):
+            # GLEE's tokenizer pads with the end token: a position is valid up to and including
+            # the first end token.
+            end = (token_ids == self.text_encoder.tokenizer.eot).long()
+            mask = (end.cumsum(dim=1) - end) == 0
+            tokens = self.text_encoder(token_ids, mask).float()
+            return tokens, mask, masked_mean(tokens, mask)
+        # Both other tokenizers pad with id 0 and no real token has id 0 after the start token.
         mask = token_ids != 0
         if isinstance(self.text_encoder, MiniLMTextEncoder):
             tokens = self.text_encoder.model(

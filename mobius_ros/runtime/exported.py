@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mobius_ros.common.errors import ModelLoadError
-from mobius_ros.common.tokenizer import load_tokenizer
+from mobius_ros.common.tokenizer import HF_CLIP_BPE, load_tokenizer
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import file_sha256
 from mobius_ros.runtime.predictor import GraphRunners
@@ -132,6 +132,8 @@ class ExportedModel:
             load_tokenizer(tokenizer, self.directory),
             identity=str(self.meta['text_encoder']['identity']),
             width=int(self.meta['text_encoder']['width']),
+            # GLEE's early fusion reads a referring expression's padding positions too.
+            keep_padding=tokenizer.get('kind') == HF_CLIP_BPE,
         )
 
 
@@ -144,6 +146,7 @@ class GraphTextEncoder:
         identity: the text encoder's identity (the same string as the PyTorch encoder's, so
             the on-disk cache is shared between backends).
         width: D.
+        keep_padding: keep all L positions (GLEE's text path), else cut to the longest phrase.
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class GraphTextEncoder:
         *,
         identity: str,
         width: int,
+        keep_padding: bool = False,
     ) -> None:
         self.runner = runner
+        self.keep_padding = keep_padding
         self.tokenizer = tokenizer
         self.identity = identity
         self.width = width
@@ -165,7 +170,7 @@ class GraphTextEncoder:
         out = self.runner.infer({'token_ids': ids})
         mask = out['mask'].astype(bool)
         # Trailing padding carries no information: cut it so cached entries stay small.
-        length = max(int(mask.sum(axis=1).max()), 1)
+        length = mask.shape[1] if self.keep_padding else max(int(mask.sum(axis=1).max()), 1)
         return TextBatch(
             tokens=np.ascontiguousarray(out['tokens'][:, :length], np.float32),
             mask=np.ascontiguousarray(mask[:, :length]),

@@ -17,7 +17,29 @@ LAYOUTS = {
         'pixel_decoder': {'encoder_strides': (8,)},
         'decoder': {'multi_scale': True, 'referring_pooling': 'attention'},
     },
+    # A converted GLEE-Lite (reduced, with the parity test's seeded GLEE weights).
+    'glee_lite': None,
 }
+
+
+def _converted_glee():
+    import json
+    from pathlib import Path
+
+    from mobius_ros.model.glee_checkpoint import convert_state, glee_config
+    from mobius_ros.model.variants import VARIANTS, build_from_config
+    from scripts.glee_reference import REDUCED, REDUCED_TEXT, seeded_state
+
+    meta = Path(__file__).parents[1] / 'fixtures' / 'glee' / 'reference.json'
+    state = seeded_state(json.loads(meta.read_text())['tensors'], 0)
+    base = VARIANTS['GLEE-Lite'].replace(
+        text={'heads': REDUCED_TEXT['num_attention_heads']},
+        decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
+    )
+    conversion = convert_state(state, config=glee_config(state, base))
+    model = build_from_config(conversion.config)
+    model.load_state_dict(conversion.state)
+    return model.eval()
 
 
 @pytest.fixture(scope='session', params=sorted(LAYOUTS))
@@ -26,8 +48,11 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     from mobius_ros.model.variants import build_model
 
     torch.manual_seed(0)
-    model = build_model('MOBIUS-tiny', **LAYOUTS[request.param]).eval()
-    if model.decoder.referring_pool is not None:
+    if request.param == 'glee_lite':
+        model = _converted_glee()
+    else:
+        model = build_model('MOBIUS-tiny', **LAYOUTS[request.param]).eval()
+    if getattr(model.decoder, 'referring_pool', None) is not None:
         # Its last layer starts at zero (= a plain mean); make the weighting non-uniform.
         torch.nn.init.normal_(model.decoder.referring_pool[-1].weight, std=1.0)
     directory = tmp_path_factory.mktemp('export') / request.param

@@ -128,7 +128,7 @@ def test_split_graphs_equal_full_graph_without_pruning(exported: Exported) -> No
     predictor = _predictor(exported)
     state = predictor.runners.encoder.infer(feeds)
     result, _ = predictor.decode(state, pruning=PruningConfig(trajectory='none'))
-    assert result.queries_kept == (20, 20)
+    assert result.queries_kept == (20,) * exported.model.num_layers
     np.testing.assert_array_equal(result.query_index, np.arange(20))
     np.testing.assert_allclose(result.logits, full['logits'][0], atol=ATOL)
     np.testing.assert_allclose(result.boxes, full['boxes'][0], atol=ATOL)

@@ -86,6 +86,10 @@ def build_training_model(recipe: Recipe) -> nn.Module:
     from mobius_ros.model.text_encoder import build_text_encoder
     from mobius_ros.model.variants import VARIANTS, build_model
 
+    overrides = dict(recipe.model_overrides)
+    if recipe.text_encoder == 'hf-clip':
+        # GLEE's text tower: its sizes come from the variant's text config and the overrides.
+        return build_model(recipe.variant, pretrained=recipe.pretrained, **overrides)
     text_encoder = build_text_encoder(
         recipe.text_encoder,
         width=VARIANTS[recipe.variant].text.width,
@@ -95,7 +99,7 @@ def build_training_model(recipe: Recipe) -> nn.Module:
         recipe.variant,
         text_encoder=text_encoder,
         pretrained=recipe.pretrained,
-        **dict(recipe.model_overrides),
+        **overrides,
     )
 
 

@@ -207,7 +207,7 @@ class _HfClipLayer(nn.Module):
         self.fc2 = nn.Linear(ffn_dim, width)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        """[K, L, D], attn_mask [K, 1, L, L] bool (True: may attend) -> [K, L, D]."""
+        """[K, L, D], attn_mask [K, 1, L, L] additive (0 or a large negative) -> [K, L, D]."""
         k, length, width = x.shape
         qkv = self.qkv(self.norm1(x)).view(k, length, 3, self.heads, width // self.heads)
         q, key, v = qkv.permute(2, 0, 3, 1, 4)
@@ -278,7 +278,12 @@ class HfClipTextEncoder(nn.Module):
         length = ids.shape[1]
         x = self.token_embedding(ids) + self.position_embedding[:length]
         causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        attn_mask = (causal & mask[:, None, :])[:, None]
+        allowed = (causal & mask[:, None, :])[:, None]
+        # Additive, as transformers' CLIP does it (a bool mask exports an IsNaN guard that
+        # TensorRT lacks); every row keeps its start token, so no row is fully masked.
+        attn_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(
+            ~allowed, torch.finfo(x.dtype).min
+        )
         for layer in self.layers:
             x = layer(x, attn_mask)
         return self.final_norm(x)

@@ -226,6 +226,32 @@ def seeded_state(entries: list[list], seed: int) -> dict:
     return state
 
 
+def converted_reduced(entries: list[list] | None = None, seed: int = 0):
+    """Our GLEE-Lite model converted (by `convert_state`) from `seeded_state(entries, seed)`.
+
+    `entries` default to the recorded reduced manifest (test/fixtures/glee/reference.json).
+    The reduced oracle's head counts and query count are not visible in the weights and are
+    set here. Needs only torch, not GLEE's code. Returns (model in eval mode, Conversion).
+    """
+    import json
+
+    from mobius_ros.model.glee_checkpoint import convert_state, glee_config
+    from mobius_ros.model.variants import VARIANTS, build_from_config
+
+    if entries is None:
+        meta = REPO / 'test' / 'fixtures' / 'glee' / 'reference.json'
+        entries = json.loads(meta.read_text())['tensors']
+    state = seeded_state(entries, seed)
+    base = VARIANTS['GLEE-Lite'].replace(
+        text={'heads': REDUCED_TEXT['num_attention_heads']},
+        decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
+    )
+    conversion = convert_state(state, config=glee_config(state, base))
+    model = build_from_config(conversion.config)
+    model.load_state_dict(conversion.state)
+    return model.eval(), conversion
+
+
 def state_dict_manifest(model) -> list[list]:
     """[[name, shape, dtype], ...] of a model's state dict, in its order."""
     return [

@@ -22,26 +22,6 @@ LAYOUTS = {
 }
 
 
-def _converted_glee():
-    import json
-    from pathlib import Path
-
-    from mobius_ros.model.glee_checkpoint import convert_state, glee_config
-    from mobius_ros.model.variants import VARIANTS, build_from_config
-    from scripts.glee_reference import REDUCED, REDUCED_TEXT, seeded_state
-
-    meta = Path(__file__).parents[1] / 'fixtures' / 'glee' / 'reference.json'
-    state = seeded_state(json.loads(meta.read_text())['tensors'], 0)
-    base = VARIANTS['GLEE-Lite'].replace(
-        text={'heads': REDUCED_TEXT['num_attention_heads']},
-        decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
-    )
-    conversion = convert_state(state, config=glee_config(state, base))
-    model = build_from_config(conversion.config)
-    model.load_state_dict(conversion.state)
-    return model.eval()
-
-
 @pytest.fixture(scope='session', params=sorted(LAYOUTS))
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     from mobius_ros.export.onnx import ExportOptions, export_model
@@ -49,7 +29,9 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
     torch.manual_seed(0)
     if request.param == 'glee_lite':
-        model = _converted_glee()
+        from scripts.glee_reference import converted_reduced
+
+        model = converted_reduced()[0]
     else:
         model = build_model('MOBIUS-tiny', **LAYOUTS[request.param]).eval()
     if getattr(model.decoder, 'referring_pool', None) is not None:

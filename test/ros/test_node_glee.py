@@ -6,8 +6,6 @@ it, and answers a class list, "any object" and a referring expression through `s
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,27 +14,16 @@ import pytest
 pytestmark = pytest.mark.ros
 
 NAMESPACE = '/mobius_test'  # as test/ros/conftest.py starts the node
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
 def glee_node(start_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from mobius_ros.model.checkpoint import save_checkpoint
-    from mobius_ros.model.glee_checkpoint import convert_state, glee_config
-    from mobius_ros.model.variants import VARIANTS, build_from_config
-    from scripts.glee_reference import REDUCED, REDUCED_TEXT, seeded_state
+    from scripts.glee_reference import converted_reduced
 
-    meta = json.loads((ROOT / 'test' / 'fixtures' / 'glee' / 'reference.json').read_text())
-    state = seeded_state(meta['tensors'], 0)
-    base = VARIANTS['GLEE-Lite'].replace(
-        text={'heads': REDUCED_TEXT['num_attention_heads']},
-        decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
-    )
-    conversion = convert_state(state, config=glee_config(state, base))
-    model = build_from_config(conversion.config)
-    model.load_state_dict(conversion.state)
+    model, _ = converted_reduced()
     path = tmp_path_factory.mktemp('glee') / 'glee_lite.safetensors'
-    save_checkpoint(model.eval(), path)
+    save_checkpoint(model, path)
     process = start_node(
         checkpoint=str(path),
         backend='onnxruntime',

@@ -6,31 +6,20 @@ parity fixtures (same widths, so every transferable tensor fits) and a few CPU s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import yaml
 
 from mobius_ros.model.checkpoint import load_checkpoint, save_checkpoint
-from mobius_ros.model.glee_checkpoint import convert_state, glee_config
-from mobius_ros.model.variants import VARIANTS, build_from_config
 from mobius_ros.train.recipes import DatasetSpec, load_recipe
-from scripts.glee_reference import REDUCED, REDUCED_TEXT, seeded_state
+from scripts.glee_reference import converted_reduced
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _converted_glee(path: Path):
-    meta = json.loads((ROOT / 'test' / 'fixtures' / 'glee' / 'reference.json').read_text())
-    state = seeded_state(meta['tensors'], 0)
-    base = VARIANTS['GLEE-Lite'].replace(
-        text={'heads': REDUCED_TEXT['num_attention_heads']},
-        decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
-    )
-    conversion = convert_state(state, config=glee_config(state, base))
-    model = build_from_config(conversion.config)
-    model.load_state_dict(conversion.state)
+    model, _ = converted_reduced()
     save_checkpoint(model, path)
     return model.config
 

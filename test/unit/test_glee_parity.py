@@ -18,35 +18,19 @@ import pytest
 import torch
 from torch import Tensor
 
-from mobius_ros.model.glee_checkpoint import convert_state
 from mobius_ros.model.mobius import Mobius
-from mobius_ros.model.variants import VARIANTS, build_from_config
 from mobius_ros.ops.image import PIXEL_MEAN, PIXEL_STD
-from scripts.glee_reference import REDUCED, REDUCED_TEXT, glee_src, seeded_state
+from scripts.glee_reference import converted_reduced, glee_src, seeded_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures' / 'glee'
 ATOL = 1e-4
 STRIDES = (4, 8, 16, 32)
 
 
-def _reduced_config(state: dict[str, Tensor]):
-    """Our GLEE-Lite with the reduced oracle's head counts and queries (not in the weights)."""
-    base = VARIANTS['GLEE-Lite'].replace(
-        text={'heads': REDUCED_TEXT['num_attention_heads']},
-        decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
-    )
-    from mobius_ros.model.glee_checkpoint import glee_config
-
-    return glee_config(state, base)
-
-
 def _convert(entries: list, seed: int) -> Mobius:
-    state = seeded_state(entries, seed)
-    conversion = convert_state(state, config=_reduced_config(state))
-    assert set(conversion.mapped) | set(conversion.unused) == set(state)
-    model = build_from_config(conversion.config)
-    model.load_state_dict(conversion.state)
-    return model.eval()
+    model, conversion = converted_reduced(entries, seed)
+    assert set(conversion.mapped) | set(conversion.unused) == set(seeded_state(entries, seed))
+    return model
 
 
 @pytest.fixture(scope='module')

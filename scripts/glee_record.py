@@ -1,15 +1,17 @@
 """Record GLEE's own tensors at every boundary, for the parity test without GLEE's code.
 
-    python -m scripts.glee_record            # writes test/fixtures/glee/
-    python -m scripts.glee_reference record  # the same
+    python -m scripts.glee_record [--variant GLEE-Plus]   # writes test/fixtures/glee/
+    python -m scripts.glee_reference record [--variant ...]  # the same
 
-Builds the reduced GLEE-Lite (`scripts.glee_reference.REDUCED`) with `seeded_state(manifest,
-SEED)` weights, runs it on a seeded image for a category list, the class-agnostic prompt
-(GLEE's own: the single category 'object') and a referring expression, and stores what crosses
-each boundary: trunk features, the text embeddings and fusion tokens, the encoder's multi-scale
-output and mask features, the selected queries and reference boxes, every decoder layer's
-hidden state, logits, boxes and masks, and the final predictions. The weights are not stored:
-the test regenerates them from the committed manifest and seed.
+Builds the reduced GLEE-Lite or GLEE-Plus (`scripts.glee_reference.REDUCED`, `REDUCED_SWIN`)
+with `seeded_state(manifest, SEED)` weights, runs it on a seeded image for a category list,
+the class-agnostic prompt (GLEE's own: the single category 'object') and a referring
+expression, and stores what crosses each boundary: trunk features, the text embeddings and
+fusion tokens, the encoder's multi-scale output and mask features, the selected queries and
+reference boxes, every decoder layer's hidden state, logits, boxes and masks, and the final
+predictions. The weights are not stored: the test regenerates them from the committed manifest
+and seed (GLEE-Plus's integer buffers, Swin's relative position indices, are stored as
+`buffer.*`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from pathlib import Path
 
 from scripts.glee_reference import (
     REDUCED,
+    REDUCED_SWIN,
     REDUCED_TEXT,
     REPO,
     build_reference,
+    fixture_name,
+    integer_buffers,
     seeded_state,
     state_dict_manifest,
 )
@@ -118,16 +123,19 @@ def _run(model, image, prompt: dict) -> dict:
     return record
 
 
-def record(out: Path = FIXTURES) -> int:
+def record(out: Path = FIXTURES, variant: str = 'GLEE-Lite') -> int:
     import torch
     from safetensors.torch import save_file
 
-    model, _ = build_reference('GLEE-Lite', reduced=True, seed=SEED)
+    model, _ = build_reference(variant, reduced=True, seed=SEED)
     manifest = state_dict_manifest(model)
-    model.load_state_dict(seeded_state(manifest, SEED))
+    buffers = integer_buffers(model)
+    floats = [e for e in manifest if e[0] not in buffers]
+    model.load_state_dict({**seeded_state(floats, SEED), **buffers})
     generator = torch.Generator().manual_seed(SEED)
     image = torch.randn((1, 3, *IMAGE_SIZE), generator=generator)
     tensors = {'input.image': image}
+    tensors.update({f'buffer.{k}': v.contiguous() for k, v in buffers.items()})
     for name, prompt in PROMPTS.items():
         for key, value in _run(model, image, prompt).items():
             # The trunk does not see the prompt: store it once.
@@ -140,23 +148,29 @@ def record(out: Path = FIXTURES) -> int:
                 print(f'{name}.{key}: None in GLEE, not recorded')
                 continue
             tensors[f'{name}.{key}'] = value.detach().float().contiguous().clone()
+    stem = out / fixture_name(variant)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / 'reference.safetensors'))
+    save_file(tensors, str(stem.with_suffix('.safetensors')))
     meta = {
         'source': 'GLEE commit 6f5a19d35b1f732715c8a33e091c6729367b75a5 (GLEE_Model, reduced)',
+        'variant': variant,
         'recorded_by': 'python -m scripts.glee_record',
         'seed': SEED,
         'image_size': list(IMAGE_SIZE),
         'prompts': PROMPTS,
-        'reduced_config': REDUCED,
+        'reduced_config': {**REDUCED, **(REDUCED_SWIN if variant == 'GLEE-Plus' else {})},
         'reduced_text_config': REDUCED_TEXT,
         'tensors': manifest,
     }
-    (out / 'reference.json').write_text(json.dumps(meta, indent=1) + '\n')
-    size = sum(p.stat().st_size for p in out.iterdir())
-    print(f'{out}: {len(tensors)} tensors, {size / 1e6:.2f} MB')
+    stem.with_suffix('.json').write_text(json.dumps(meta, indent=1) + '\n')
+    size = sum(stem.with_suffix(x).stat().st_size for x in ('.json', '.safetensors'))
+    print(f'{stem}.*: {len(tensors)} tensors, {size / 1e6:.2f} MB')
     return 0
 
 
 if __name__ == '__main__':
-    raise SystemExit(record())
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--variant', default='GLEE-Lite', choices=('GLEE-Lite', 'GLEE-Plus'))
+    raise SystemExit(record(variant=parser.parse_args().variant))

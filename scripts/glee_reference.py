@@ -1,13 +1,13 @@
 """GLEE's own model from its official source, as the oracle our conversion is proven against.
 
 Builds `GLEE_Model` from a GLEE source tree (default `../shared/glee-src`, or
-`$MOBIUS_GLEE_SRC`) on a CPU without compiling anything, in the full-size GLEE-Lite
-configuration or a reduced one (narrow widths, few layers, a small CLIP text config) with seeded
-random weights. Nothing here is imported by the package at run time; only tests and the
+`$MOBIUS_GLEE_SRC`) on a CPU without compiling anything, in the full-size GLEE-Lite or
+GLEE-Plus configuration or a reduced one (narrow widths, few layers, a small CLIP text config)
+with seeded random weights. Nothing here is imported by the package at run time; only tests and the
 recording commands use it.
 
-    python -m scripts.glee_reference manifest   # mobius_ros/assets/glee/GLEE-Lite.json
-    python -m scripts.glee_reference record     # test/fixtures/glee/*
+    python -m scripts.glee_reference manifest [--variant GLEE-Plus]  # mobius_ros/assets/glee/
+    python -m scripts.glee_reference record [--variant GLEE-Plus]    # test/fixtures/glee/
 """
 
 from __future__ import annotations
@@ -127,6 +127,13 @@ REDUCED = {
     'MODEL.MaskDINO.DIM_FEEDFORWARD': 128,
     'MODEL.LANGUAGE_BACKBONE.LANG_DIM': 64,
 }
+# GLEE-Plus's Swin-L reduced the same way: every stage, shifted windows and padding at window 7.
+REDUCED_SWIN = {
+    'MODEL.SWIN.EMBED_DIM': 32,
+    'MODEL.SWIN.DEPTHS': [2, 2, 2, 2],
+    'MODEL.SWIN.NUM_HEADS': [1, 2, 4, 8],
+    'MODEL.SWIN.WINDOW_SIZE': 7,
+}
 REDUCED_TEXT = {
     'hidden_size': 64,
     'intermediate_size': 128,
@@ -143,6 +150,8 @@ def build_cfg(variant: str = 'GLEE-Lite', reduced: bool = False, overrides: dict
     ns.add_glee_config(cfg)
     cfg.merge_from_file(str(ns.src / (LITE_CONFIG if variant == 'GLEE-Lite' else PLUS_CONFIG)))
     values = dict(REDUCED) if reduced else {}
+    if reduced and variant == 'GLEE-Plus':
+        values.update(REDUCED_SWIN)
     values.update(overrides or {})
     opts = []
     for key, value in values.items():
@@ -226,23 +235,47 @@ def seeded_state(entries: list[list], seed: int) -> dict:
     return state
 
 
-def converted_reduced(entries: list[list] | None = None, seed: int = 0):
-    """Our GLEE-Lite model converted (by `convert_state`) from `seeded_state(entries, seed)`.
+def fixture_name(variant: str) -> str:
+    """Stem of a variant's recorded parity fixture under test/fixtures/glee."""
+    return {'GLEE-Lite': 'reference', 'GLEE-Plus': 'reference_plus'}[variant]
 
-    `entries` default to the recorded reduced manifest (test/fixtures/glee/reference.json).
-    The reduced oracle's head counts and query count are not visible in the weights and are
-    set here. Needs only torch, not GLEE's code. Returns (model in eval mode, Conversion).
+
+def integer_buffers(model) -> dict:
+    """The model's integer buffers (Swin's relative position index): values the weights file
+    carries but `seeded_state` does not generate."""
+    return {k: v for k, v in model.state_dict().items() if not v.is_floating_point()}
+
+
+def converted_reduced(
+    entries: list[list] | None = None,
+    seed: int = 0,
+    variant: str = 'GLEE-Lite',
+    buffers: dict | None = None,
+):
+    """Our model of `variant` converted (by `convert_state`) from `seeded_state(entries, seed)`
+    plus the integer `buffers` (GLEE-Plus's, as GLEE's code computed them).
+
+    `entries` and `buffers` default to the variant's recorded reduced fixture
+    (test/fixtures/glee). The reduced oracle's head counts and query count are not visible in
+    the weights and are set here. Needs only torch, not GLEE's code. Returns (model in eval
+    mode, Conversion).
     """
     import json
 
     from mobius_ros.model.glee_checkpoint import convert_state, glee_config
     from mobius_ros.model.variants import VARIANTS, build_from_config
 
+    stem = REPO / 'test' / 'fixtures' / 'glee' / fixture_name(variant)
     if entries is None:
-        meta = REPO / 'test' / 'fixtures' / 'glee' / 'reference.json'
-        entries = json.loads(meta.read_text())['tensors']
-    state = seeded_state(entries, seed)
-    base = VARIANTS['GLEE-Lite'].replace(
+        entries = json.loads(stem.with_suffix('.json').read_text())['tensors']
+    floats = [e for e in entries if e[2].startswith(('float', 'bfloat'))]
+    if buffers is None and len(floats) < len(entries):
+        from safetensors.torch import load_file
+
+        recorded = load_file(str(stem.with_suffix('.safetensors')))
+        buffers = {k[len('buffer.') :]: v for k, v in recorded.items() if k.startswith('buffer.')}
+    state = {**seeded_state(floats, seed), **(buffers or {})}
+    base = VARIANTS[variant].replace(
         text={'heads': REDUCED_TEXT['num_attention_heads']},
         decoder={'num_queries': REDUCED['MODEL.MaskDINO.NUM_OBJECT_QUERIES']},
     )
@@ -269,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser('manifest', help='write the full-size state-dict manifest')
     m.add_argument('--variant', default='GLEE-Lite')
     m.add_argument('-o', '--out', type=Path)
-    sub.add_parser('record', help='record the parity fixtures of the reduced model')
+    r = sub.add_parser('record', help='record the parity fixtures of the reduced model')
+    r.add_argument('--variant', default='GLEE-Lite', choices=('GLEE-Lite', 'GLEE-Plus'))
     args = parser.parse_args(argv)
     if args.command == 'manifest':
         model, _ = build_reference(args.variant, reduced=False)
@@ -290,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from scripts.glee_record import record
 
-    return record()
+    return record(variant=args.variant)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 
 timm provides ResNet-50 and MobileNetV4; FasterViT comes from the optional `fastervit` package
 (NVIDIA non-commercial licence, hence an extra); 'd2-resnet50' is the ResNet-50 GLEE-Lite runs
-(detectron2's layout, loaded from a converted GLEE checkpoint); a tiny conv net serves the tests.
+(detectron2's layout, loaded from a converted GLEE checkpoint) and 'd2-swin' the Swin-L of
+GLEE-Plus (swin.py); a tiny conv net serves the tests.
 """
 
 from __future__ import annotations
@@ -286,21 +287,35 @@ def build_backbone(
     d2_stem_width: int = 64,
     d2_width_per_group: int = 64,
     d2_res2_out: int = 256,
+    swin_embed_dim: int = 192,
+    swin_depths: tuple[int, ...] = (2, 2, 18, 2),
+    swin_heads: tuple[int, ...] = (6, 12, 24, 48),
+    swin_window: int = 12,
 ) -> nn.Module:
-    """Backbone by name: 'tiny', 'd2-resnet50', 'fastervit-0'..'3', or any timm model name.
+    """Backbone by name: 'tiny', 'd2-resnet50', 'd2-swin', 'fastervit-0'..'3', or a timm name.
 
-    The d2_* widths only apply to 'd2-resnet50' (see `BackboneConfig`).
+    The d2_* widths only apply to 'd2-resnet50', the swin_* ones to 'd2-swin' (see
+    `BackboneConfig`).
     """
     if name == 'tiny':
         return TinyBackbone(tiny_width)
+    if name in ('d2-resnet50', 'd2-swin') and pretrained:
+        raise ValueError(
+            f'{name!r} has no ImageNet weights to download: its weights come from a GLEE '
+            'checkpoint converted with `mobius convert-glee`'
+        )
     if name == 'd2-resnet50':
-        if pretrained:
-            raise ValueError(
-                "'d2-resnet50' has no ImageNet weights to download: its weights come from a "
-                'GLEE checkpoint converted with `mobius convert-glee`'
-            )
         return D2ResNet50(
             stem_width=d2_stem_width, width_per_group=d2_width_per_group, res2_out=d2_res2_out
+        )
+    if name == 'd2-swin':
+        from mobius_ros.model.swin import D2Swin
+
+        return D2Swin(
+            embed_dim=swin_embed_dim,
+            depths=tuple(swin_depths),
+            num_heads=tuple(swin_heads),
+            window=swin_window,
         )
     if name in FASTERVIT:
         return FasterViTBackbone(name, image_size=image_size, pretrained=pretrained)

@@ -18,12 +18,16 @@ class BackboneConfig:
     Attributes:
         name: 'tiny', 'fastervit-0'..'3', a timm model name ('resnet50',
             'mobilenetv4_conv_small', ...), or 'd2-resnet50' (a ResNet-50 laid out and
-            computed as detectron2 builds it for GLEE: frozen batch norm, stride in the 3x3).
+            computed as detectron2 builds it for GLEE: frozen batch norm, stride in the 3x3),
+            or 'd2-swin' (the Swin Transformer GLEE-Plus runs, detectron2's D2SwinTransformer).
         tiny_width: stride-4 width of the 'tiny' backbone.
         image_size: (H, W) input canvas; only FasterViT fixes it at construction.
         d2_stem_width, d2_width_per_group, d2_res2_out: 'd2-resnet50' widths (stem output,
             bottleneck width of the first stage, output width of the first stage); the
             defaults are ResNet-50's, narrower values build reduced test models.
+        swin_embed_dim, swin_depths, swin_heads, swin_window: 'd2-swin' stride-4 width,
+            blocks and attention heads per stage, and window side; the defaults are Swin-L's
+            (GLEE-Plus).
     """
 
     name: str = 'tiny'
@@ -32,6 +36,10 @@ class BackboneConfig:
     d2_stem_width: int = 64
     d2_width_per_group: int = 64
     d2_res2_out: int = 256
+    swin_embed_dim: int = 192
+    swin_depths: tuple[int, ...] = (2, 2, 18, 2)
+    swin_heads: tuple[int, ...] = (6, 12, 24, 48)
+    swin_window: int = 12
 
 
 @dataclass(frozen=True)

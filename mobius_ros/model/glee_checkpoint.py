@@ -3,19 +3,21 @@
 GLEE (CVPR 2024) publishes GLEE_Lite (ResNet-50) and GLEE_Plus (Swin-L) as plain state dicts of
 its `GLEE_Model` (keys such as `backbone.stem.conv1.weight`, or prefixed `glee.` / `module.` by
 its training wrappers). `convert_glee` reads one with `torch.load(weights_only=True)` only, maps
-every tensor onto our GLEE-style configuration (`VARIANTS['GLEE-Lite']`) and writes our
-checkpoint with the config and the source's provenance. Every source tensor is either mapped or
-named in `UNUSED` with the reason; anything else, and any shape mismatch, is an error that names
-the tensors, and nothing is written.
+every tensor onto our GLEE-style configuration (`VARIANTS['GLEE-Lite']`, or `'GLEE-Plus'`: the
+same on a Swin-L trunk) and writes our checkpoint with the config and the source's provenance.
+Every source tensor is either mapped or named in `UNUSED` with the reason; anything else, and
+any shape mismatch, is an error that names the tensors, and nothing is written.
 
-The mapping itself lives beside each module (`d2_resnet_from_glee` in backbone.py, ...): each
-takes `take(glee_name) -> Tensor` and returns its module's state dict.
+The mapping itself lives beside each module (`d2_resnet_from_glee` in backbone.py,
+`d2_swin_from_glee` in swin.py, ...): each takes `take(glee_name) -> Tensor` and returns its
+module's state dict.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -70,7 +72,6 @@ def shared_key(name: str) -> tuple[int, str] | None:
 
 
 GLEE_MARKERS = ('pixel_decoder.', 'predictor.', 'lang_projection')
-SUPPORTED = ('GLEE-Lite',)
 
 
 @dataclass
@@ -108,7 +109,9 @@ class _Taker:
 
     def __call__(self, name: str) -> Tensor:
         if name not in self.state:
-            raise ModelLoadError(f'GLEE checkpoint lacks tensor {name!r} (not a GLEE-Lite file?)')
+            raise ModelLoadError(
+                f'GLEE checkpoint lacks tensor {name!r} (not a GLEE file of this variant?)'
+            )
         self.used.add(name)
         return self.state[name]
 
@@ -157,10 +160,8 @@ def glee_config(state: Mapping[str, Tensor], base: MobiusConfig) -> MobiusConfig
     """`base` with the widths and depths the checkpoint's shapes fix (reduced files included).
 
     Head counts, sampling points and the number of queries are not visible in the weights and
-    come from `base`.
+    come from `base` (Swin's heads are: each stage's bias table has one column per head).
     """
-    stem = state['backbone.stem.conv1.weight']
-    res2 = [k for k in state if re.fullmatch(r'backbone\.res2\.0\.conv[13]\.weight', k)]
     token = state['text_encoder.embeddings.token_embedding.weight']
     position = state['text_encoder.embeddings.position_embedding.weight']
     text_layers = _count(state, r'text_encoder\.encoder\.layers\.(\d+)\.')
@@ -170,15 +171,9 @@ def glee_config(state: Mapping[str, Tensor], base: MobiusConfig) -> MobiusConfig
     enc_ffn = state['pixel_decoder.transformer.encoder.layers.0.linear1.weight']
     dec_ffn = state['predictor.decoder.layers.0.linear1.weight']
     lang = state['lang_projection']
-    if len(res2) != 2:
-        raise ModelLoadError('GLEE checkpoint lacks backbone.res2.0.conv1/conv3 weights')
     return base.replace(
         hidden_dim=int(lang.shape[1]),
-        backbone={
-            'd2_stem_width': int(stem.shape[0]),
-            'd2_width_per_group': int(state['backbone.res2.0.conv1.weight'].shape[0]),
-            'd2_res2_out': int(state['backbone.res2.0.conv3.weight'].shape[0]),
-        },
+        backbone=_trunk_config(state),
         text={
             'width': int(token.shape[1]),
             'vocab_size': int(token.shape[0]),
@@ -189,6 +184,38 @@ def glee_config(state: Mapping[str, Tensor], base: MobiusConfig) -> MobiusConfig
         pixel_decoder={'num_layers': enc_layers, 'ffn_dim': int(enc_ffn.shape[0])},
         decoder={'num_layers': dec_layers, 'ffn_dim': int(dec_ffn.shape[0])},
     )
+
+
+def _trunk_config(state: Mapping[str, Tensor]) -> dict[str, object]:
+    """BackboneConfig fields of the trunk in `state` (ResNet-50 or Swin)."""
+    if 'backbone.stem.conv1.weight' in state:
+        res2 = [k for k in state if re.fullmatch(r'backbone\.res2\.0\.conv[13]\.weight', k)]
+        if len(res2) != 2:
+            raise ModelLoadError('GLEE checkpoint lacks backbone.res2.0.conv1/conv3 weights')
+        return {
+            'd2_stem_width': int(state['backbone.stem.conv1.weight'].shape[0]),
+            'd2_width_per_group': int(state['backbone.res2.0.conv1.weight'].shape[0]),
+            'd2_res2_out': int(state['backbone.res2.0.conv3.weight'].shape[0]),
+        }
+    stages = _count(state, r'backbone\.layers\.(\d+)\.')
+    depths = tuple(
+        _count(state, rf'backbone\.layers\.{i}\.blocks\.(\d+)\.') for i in range(stages)
+    )
+    tables = [
+        state[f'backbone.layers.{i}.blocks.0.attn.relative_position_bias_table']
+        for i in range(stages)
+    ]
+    side = math.isqrt(int(tables[0].shape[0]))  # (2w - 1)^2 rows
+    if side * side != tables[0].shape[0] or side % 2 == 0:
+        raise ModelLoadError(
+            f'GLEE checkpoint: Swin bias table of {tables[0].shape[0]} rows is not (2w-1)^2'
+        )
+    return {
+        'swin_embed_dim': int(state['backbone.patch_embed.proj.weight'].shape[0]),
+        'swin_depths': depths,
+        'swin_heads': tuple(int(t.shape[1]) for t in tables),
+        'swin_window': (side + 1) // 2,
+    }
 
 
 def _count(state: Mapping[str, Tensor], pattern: str) -> int:
@@ -212,11 +239,18 @@ def map_glee_state(
     """
     from mobius_ros.model.backbone import d2_resnet_from_glee
     from mobius_ros.model.maskdino import maskdino_decoder_from_glee, maskdino_encoder_from_glee
+    from mobius_ros.model.swin import d2_swin_from_glee
     from mobius_ros.model.text_encoder import hf_clip_from_glee
 
     take = _Taker(state)
+
+    def trunk() -> dict[str, Tensor]:
+        if config.backbone.name == 'd2-swin':
+            return d2_swin_from_glee(take, config.backbone.swin_depths)
+        return d2_resnet_from_glee(take, config.backbone)
+
     parts: list[tuple[str, Callable[[], dict[str, Tensor]]]] = [
-        ('backbone.', lambda: d2_resnet_from_glee(take, config.backbone)),
+        ('backbone.', trunk),
         ('text_encoder.', lambda: hf_clip_from_glee(take, config.text)),
         ('pixel_decoder.', lambda: maskdino_encoder_from_glee(take, config.pixel_decoder)),
         ('', lambda: maskdino_decoder_from_glee(take, config)),
@@ -339,11 +373,6 @@ def convert_state(
     found = detect_variant(state)
     if variant is not None and variant != found:
         raise ModelLoadError(f'checkpoint is a {found} file, not {variant}')
-    if found not in SUPPORTED:
-        raise ModelLoadError(
-            f'{found} checkpoints need the Swin-L trunk, which mobius_ros does not implement yet; '
-            f'supported: {", ".join(SUPPORTED)}'
-        )
     if config is None:
         try:
             config = glee_config(state, VARIANTS[found])

@@ -99,6 +99,10 @@ VARIANTS: dict[str, MobiusConfig] = {
         decoder=DecoderConfig(style='maskdino', num_layers=9, multi_scale=True),
     ),
 }
+# GLEE-Plus: GLEE-Lite's encoder, decoder and text tower on a Swin-L trunk (window 12).
+VARIANTS['GLEE-Plus'] = VARIANTS['GLEE-Lite'].replace(
+    name='GLEE-Plus', backbone={'name': 'd2-swin'}
+)
 
 
 def build_model(
@@ -150,6 +154,10 @@ def build_from_config(
         d2_stem_width=bb.d2_stem_width,
         d2_width_per_group=bb.d2_width_per_group,
         d2_res2_out=bb.d2_res2_out,
+        swin_embed_dim=bb.swin_embed_dim,
+        swin_depths=bb.swin_depths,
+        swin_heads=bb.swin_heads,
+        swin_window=bb.swin_window,
     )
     pixel_decoder = build_pixel_decoder(
         config.pixel_decoder, backbone.channels, c, multi_scale_memory=config.decoder.multi_scale

@@ -17,8 +17,9 @@ LAYOUTS = {
         'pixel_decoder': {'encoder_strides': (8,)},
         'decoder': {'multi_scale': True, 'referring_pooling': 'attention'},
     },
-    # A converted GLEE-Lite (reduced, with the parity test's seeded GLEE weights).
+    # A converted GLEE-Lite and GLEE-Plus (reduced, with the parity test's seeded GLEE weights).
     'glee_lite': None,
+    'glee_plus': None,
 }
 
 
@@ -28,10 +29,11 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     from mobius_ros.model.variants import build_model
 
     torch.manual_seed(0)
-    if request.param == 'glee_lite':
+    if request.param.startswith('glee_'):
         from scripts.glee_reference import converted_reduced
 
-        model = converted_reduced()[0]
+        variant = {'glee_lite': 'GLEE-Lite', 'glee_plus': 'GLEE-Plus'}[request.param]
+        model = converted_reduced(variant=variant)[0]
     else:
         model = build_model('MOBIUS-tiny', **LAYOUTS[request.param]).eval()
     if getattr(model.decoder, 'referring_pool', None) is not None:

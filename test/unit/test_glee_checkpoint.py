@@ -1,13 +1,15 @@
-"""GLEE checkpoint conversion on a synthetic full-size GLEE-Lite state dict.
+"""GLEE checkpoint conversion on synthetic full-size GLEE-Lite and GLEE-Plus state dicts.
 
-The committed manifest lists every tensor name and shape of GLEE-Lite's `GLEE_Model` state
-dict as GLEE's own code builds it (`python -m scripts.glee_reference manifest`); a state dict of
-exactly those names and shapes must convert with every tensor mapped or named as unused.
+The committed manifests list every tensor name and shape of GLEE-Lite's and GLEE-Plus's
+`GLEE_Model` state dicts as GLEE's own code builds them (`python -m scripts.glee_reference
+manifest`); a state dict of exactly those names and shapes must convert with every tensor
+mapped or named as unused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -179,12 +181,41 @@ def test_nested_model_key_is_read(tmp_path):
     assert list(read_glee_checkpoint(source)) == ['lang_projection']
 
 
-def test_glee_plus_is_refused_clearly_and_differs_only_in_its_trunk():
+def _plus_state() -> dict[str, torch.Tensor]:
+    """Every tensor of the GLEE-Plus manifest; Swin's position indices as the model computes
+    them (a buffer the file carries), everything else cheap constants (shared heads equal)."""
+    from mobius_ros.model.swin import relative_position_index
+
+    doc = json.loads((MANIFEST.parent / 'GLEE-Plus.json').read_text())
+    state, shared = {}, {}
+    for name, shape, dtype in doc['tensors']:
+        if dtype == 'int64':
+            state[name] = relative_position_index(math.isqrt(shape[0]))
+            continue
+        key = shared_key(name)
+        if key is None:
+            state[name] = torch.zeros(shape)
+        else:
+            state[name] = shared.setdefault(key, torch.full(shape, 0.5))
+    return state
+
+
+def test_glee_plus_differs_only_in_its_trunk_and_converts_in_full():
     plus = json.loads((MANIFEST.parent / 'GLEE-Plus.json').read_text())
     lite = {n for n, _, _ in _manifest()['tensors'] if not n.startswith('backbone.')}
     assert {n for n, _, _ in plus['tensors'] if not n.startswith('backbone.')} == lite
-    state = {n: torch.zeros(s) for n, s, dtype in plus['tensors'] if dtype == 'float32'}
-    with pytest.raises(ModelLoadError, match='Swin-L trunk'):
-        convert_state(state)
+    assert plus['num_tensors'] == len(plus['tensors']) == 1245
+    state = _plus_state()
+    conversion = convert_state(state)
+    assert set(conversion.mapped) | set(conversion.unused) == set(state)
+    assert not any(n.startswith('backbone.') for n in conversion.unused)
+    trunk = conversion.config.backbone
+    assert trunk.name == 'd2-swin'
+    assert (trunk.swin_embed_dim, trunk.swin_window) == (192, 12)
+    assert (trunk.swin_depths, trunk.swin_heads) == ((2, 2, 18, 2), (6, 12, 24, 48))
     with pytest.raises(ModelLoadError, match='GLEE-Plus file, not GLEE-Lite'):
         convert_state(state, variant='GLEE-Lite')
+    broken = dict(state)
+    del broken['backbone.layers.2.blocks.17.mlp.fc2.weight']
+    with pytest.raises(ModelLoadError, match=r'layers\.2\.blocks\.17\.mlp\.fc2\.weight'):
+        convert_state(broken)

@@ -1,7 +1,8 @@
-"""A converted GLEE-Lite computes what GLEE's own code computes, end to end, at 1e-4 (float32).
+"""A converted GLEE computes what GLEE's own code computes, end to end, at 1e-4 (float32).
 
-The reduced GLEE-Lite of `scripts.glee_reference` with `seeded_state(manifest, 0)` weights is
-converted by our converter (`convert_state`) into our 'GLEE-Lite' configuration and compared,
+The reduced GLEE-Lite and GLEE-Plus (Swin trunk) of `scripts.glee_reference` with
+`seeded_state(manifest, 0)` weights are converted by our converter (`convert_state`) into our
+'GLEE-Lite' / 'GLEE-Plus' configurations and compared,
 boundary by boundary, with the tensors GLEE recorded (`python -m scripts.glee_record`,
 test/fixtures/glee): trunk features, the text embeddings and fusion tokens, the encoder's
 levels and mask features, the selected queries, every decoder layer and the final logits,
@@ -20,29 +21,35 @@ from torch import Tensor
 
 from mobius_ros.model.mobius import Mobius
 from mobius_ros.ops.image import PIXEL_MEAN, PIXEL_STD
-from scripts.glee_reference import converted_reduced, glee_src, seeded_state
+from scripts.glee_reference import converted_reduced, fixture_name, glee_src, seeded_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures' / 'glee'
 ATOL = 1e-4
 STRIDES = (4, 8, 16, 32)
+VARIANTS = ('GLEE-Lite', 'GLEE-Plus')
 
 
-def _convert(entries: list, seed: int) -> Mobius:
-    model, conversion = converted_reduced(entries, seed)
-    assert set(conversion.mapped) | set(conversion.unused) == set(seeded_state(entries, seed))
+def _convert(entries: list, seed: int, variant: str, buffers: dict[str, Tensor]) -> Mobius:
+    model, conversion = converted_reduced(entries, seed, variant, buffers)
+    floats = [e for e in entries if e[0] not in buffers]
+    assert set(conversion.mapped) | set(conversion.unused) == set(
+        seeded_state(floats, seed)
+    ) | set(buffers)
+    assert conversion.config.backbone.name == (
+        'd2-swin' if variant == 'GLEE-Plus' else 'd2-resnet50'
+    )
     return model
 
 
-@pytest.fixture(scope='module')
-def recorded() -> tuple[Mobius, dict[str, Tensor], dict]:
+@pytest.fixture(scope='module', params=VARIANTS)
+def recorded(request) -> tuple[Mobius, dict[str, Tensor], dict]:
     from safetensors.torch import load_file
 
-    meta = json.loads((FIXTURES / 'reference.json').read_text())
-    return (
-        _convert(meta['tensors'], meta['seed']),
-        load_file(str(FIXTURES / 'reference.safetensors')),
-        meta,
-    )
+    stem = FIXTURES / fixture_name(request.param)
+    meta = json.loads(stem.with_suffix('.json').read_text())
+    tensors = load_file(str(stem.with_suffix('.safetensors')))
+    buffers = {k[len('buffer.') :]: v for k, v in tensors.items() if k.startswith('buffer.')}
+    return _convert(meta['tensors'], meta['seed'], request.param, buffers), tensors, meta
 
 
 class _Check:
@@ -127,15 +134,16 @@ LIVE = {
 
 
 @pytest.mark.skipif(glee_src() is None, reason='GLEE source tree not present')
+@pytest.mark.parametrize('variant', VARIANTS)
 @pytest.mark.parametrize('prompt', ['category', 'agnostic', 'referring'])
-def test_converted_glee_matches_live_glee(prompt: str) -> None:
+def test_converted_glee_matches_live_glee(prompt: str, variant: str) -> None:
     from scripts.glee_record import _run
-    from scripts.glee_reference import build_reference, state_dict_manifest
+    from scripts.glee_reference import build_reference, integer_buffers, state_dict_manifest
 
-    glee, _ = build_reference('GLEE-Lite', reduced=True, seed=3)
+    glee, _ = build_reference(variant, reduced=True, seed=3)
     manifest = state_dict_manifest(glee)
-    glee.load_state_dict(seeded_state(manifest, 3))
-    ours = _convert(manifest, 3)
+    buffers = integer_buffers(glee)  # as GLEE's code computes them
+    ours = _convert(manifest, 3, variant, buffers)
     # A real photo, normalised and padded as GLEE's app does (RGB, mean/std, multiple of 32).
     from skimage import data
 

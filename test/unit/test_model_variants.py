@@ -32,6 +32,7 @@ SMALL = {
 HEAVY = {
     'MOBIUS-R50',
     'GLEE-R50',
+    'GLEE-Plus',
     'MOBIUS-MNv4-conv-M',
     'MOBIUS-MNv4-conv-L',
     'MOBIUS-MNv4-hybrid-M',

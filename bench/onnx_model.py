@@ -87,6 +87,7 @@ def export_variant(
     stand_in_text: bool = False,
     cache: Path = EXPORT_CACHE,
     seed: int = 0,
+    overrides: dict[str, Any] | None = None,
 ) -> ExportedVariant:
     """Build `variant` on random weights, export it (or reuse the export), open ORT runners."""
     import torch
@@ -97,7 +98,9 @@ def export_variant(
     from mobius_ros.runtime.predictor import TextInputs
     from mobius_ros.runtime.vocabulary import TextBatch
 
-    model = build_model_for_bench(variant, size, stand_in_text=stand_in_text, seed=seed)
+    model = build_model_for_bench(
+        variant, size, stand_in_text=stand_in_text, seed=seed, overrides=overrides
+    )
     options = ExportOptions(input_size=tuple(size), referring=False, full=True, text_encoder=False)
     directory = cache / f'{variant}-{size[0]}x{size[1]}-{export_key(model, options)}'
     if not (directory / 'model.json').exists():

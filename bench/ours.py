@@ -40,17 +40,23 @@ def text_stand_in(variant: str) -> Any:
 
 
 def build_model_for_bench(
-    variant: str, size: tuple[int, int], *, stand_in_text: bool = False, seed: int = 0
+    variant: str,
+    size: tuple[int, int],
+    *,
+    stand_in_text: bool = False,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """`build_model(variant)` on random weights at canvas `size`, in eval mode."""
+    """`build_model(variant, **overrides)` on random weights at canvas `size`, in eval mode."""
     import torch
 
     from mobius_ros.model.variants import build_model
 
     torch.manual_seed(seed)
     encoder = text_stand_in(variant) if stand_in_text else None
-    backbone = {'image_size': tuple(size)}
-    return build_model(variant, text_encoder=encoder, backbone=backbone).eval()
+    overrides = dict(overrides or {})
+    overrides['backbone'] = {**overrides.get('backbone', {}), 'image_size': tuple(size)}
+    return build_model(variant, text_encoder=encoder, **overrides).eval()
 
 
 def build_mobius(

@@ -76,6 +76,9 @@ class PixelDecoderConfig:
         num_heads, num_points: attention heads and deformable sampling points per level.
         ffn_dim: FFN hidden width.
         fusion: early bi-attention fusion; fusion_dim, fusion_heads its inner width and heads.
+        fpn_conv: the 3x3 output convolutions of the FPN back to stride 4: 'full' (the
+            paper's) or 'separable' (depthwise 3x3 then pointwise 1x1, about 8x fewer MACs at
+            C = 128; the stride-4 convolution is the costliest node of the mobile graphs).
         style: 'bottleneck' (MOBIUS, DESIGN §4.5) or 'maskdino': GLEE's MaskDINO encoder
             (input projections with group norm, an extra stride-64 level, early fusion before
             the deformable layers, an FPN step to stride 4), computed as GLEE computes it.
@@ -91,6 +94,7 @@ class PixelDecoderConfig:
     fusion: bool = True
     fusion_dim: int = 2048
     fusion_heads: int = 8
+    fpn_conv: str = 'full'
 
 
 @dataclass(frozen=True)

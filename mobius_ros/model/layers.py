@@ -28,6 +28,20 @@ def conv_gn(
     return nn.Sequential(*layers)
 
 
+def separable_conv_gn(cin: int, cout: int, kernel: int, *, relu: bool = False) -> nn.Sequential:
+    """Depthwise kxk conv, pointwise 1x1 conv, GroupNorm [+ ReLU]: `conv_gn`'s role at about
+    k^2 times fewer MACs when cin = cout is wide."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if cout % g == 0)
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cin, kernel, padding=kernel // 2, groups=cin, bias=False),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.GroupNorm(groups, cout),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
 class FeedForward(nn.Module):
     """C -> hidden -> C with ReLU, residual and post-norm."""
 

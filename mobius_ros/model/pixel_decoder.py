@@ -16,7 +16,12 @@ from torch import Tensor, nn
 
 from mobius_ros.model.config import PixelDecoderConfig
 from mobius_ros.model.fusion import BiAttentionBlock
-from mobius_ros.model.layers import PROJECTED_STRIDES, EncoderLayer, conv_gn
+from mobius_ros.model.layers import (
+    PROJECTED_STRIDES,
+    EncoderLayer,
+    conv_gn,
+    separable_conv_gn,
+)
 from mobius_ros.model.maskdino import MASKDINO_STRIDES, MaskDINOPixelDecoder
 from mobius_ros.model.position import cell_centres, sine_position_2d
 
@@ -36,6 +41,7 @@ class BottleneckPixelDecoder(nn.Module):
         fusion: early vision-language fusion before the first layer.
         fusion_dim, fusion_heads: bi-attention inner width and heads.
         multi_scale_memory: give the decoder all projected scales instead of the bottleneck.
+        fpn_conv: 'full' 3x3 FPN output convolutions or 'separable' (depthwise + pointwise).
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class BottleneckPixelDecoder(nn.Module):
         fusion_dim: int = 2048,
         fusion_heads: int = 8,
         multi_scale_memory: bool = False,
+        fpn_conv: str = 'full',
     ) -> None:
         super().__init__()
         self.strides = PROJECTED_STRIDES + ((64,) if 64 in encoder_strides else ())
@@ -84,8 +91,11 @@ class BottleneckPixelDecoder(nn.Module):
         self.lateral = nn.ModuleDict(
             {str(s): conv_gn(in_channels[s], dim, 1) for s in self.fpn_strides}
         )
+        if fpn_conv not in ('full', 'separable'):
+            raise ValueError(f"fpn_conv must be 'full' or 'separable', got {fpn_conv!r}")
+        output = conv_gn if fpn_conv == 'full' else separable_conv_gn
         self.output = nn.ModuleDict(
-            {str(s): conv_gn(dim, dim, 3, relu=True) for s in self.fpn_strides}
+            {str(s): output(dim, dim, 3, relu=True) for s in self.fpn_strides}
         )
         self.mask_proj = nn.Conv2d(dim, dim, 1)
 
@@ -185,6 +195,7 @@ def build_pixel_decoder(
             fusion_dim=config.fusion_dim,
             fusion_heads=config.fusion_heads,
             multi_scale_memory=multi_scale_memory,
+            fpn_conv=config.fpn_conv,
         )
     if config.style == 'maskdino':
         if tuple(config.encoder_strides) != MASKDINO_STRIDES or config.self_attn != 'deformable':

@@ -161,6 +161,11 @@ class Segmenter:
         assert self._active is not None
         return self._active.vocabulary
 
+    def text_inputs(self) -> TextInputs:
+        """The installed vocabulary's cached encoder inputs (what each frame is fed)."""
+        assert self._active is not None
+        return self._active.text
+
     @property
     def predictor(self) -> Predictor:
         return self._predictor

@@ -245,7 +245,6 @@ def run_profile(spec: str, size: tuple[int, int], threads: int, runs: int) -> di
     )
     graph = exported.directory / 'full.onnx'
     return {
-        'benchmark': 'runtime_profile',
         'variant': spec,
         'input_hw': list(size),
         'threads': threads,
@@ -270,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         help="variants, optionally with overrides: 'VARIANT@part.field=value,...'",
     )
     parser.add_argument('--peers', nargs='*', default=list(YOLO_PEERS), choices=list(YOLO_PEERS))
-    parser.add_argument('--profile', metavar='VARIANT', help='also profile this variant')
+    parser.add_argument(
+        '--profile', nargs='*', default=[], metavar='VARIANT', help='also profile these variants'
+    )
     parser.add_argument('--profile-runs', type=int, default=10)
     parser.add_argument('--output', default='runtime_peers', help='results/<output>.json')
     args = parser.parse_args(argv)
@@ -287,10 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f'{entry["name"]:>36}: skipped ({entry["reason"]})')
     if args.profile:
-        profile = run_profile(args.profile, size, args.threads, args.profile_runs)
-        print(f'wrote {write_results("runtime_profile", profile)}')
-        for part, share in profile['percent_by_part']:
-            print(f'{part:>36}: {share:5.1f} %')
+        profiles = [run_profile(v, size, args.threads, args.profile_runs) for v in args.profile]
+        doc = {'benchmark': 'runtime_profile', 'profiles': profiles}
+        print(f'wrote {write_results("runtime_profile", doc)}')
+        for profile in profiles:
+            print(f'{profile["variant"]}: {profile["kernel_ms_per_run"]} ms of kernels per run')
+            for part, share in profile['percent_by_part'][:8]:
+                print(f'{part:>36}: {share:5.1f} %')
     return 0
 
 

@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--input-size', type=_size, default=(384, 512), metavar='HxW')
     parser.add_argument('--score-threshold', type=float, default=0.3)
     parser.add_argument('--max-detections', type=int, default=100)
+    parser.add_argument('--engine-dir', default='~/.cache/mobius_ros/engines')
+    parser.add_argument('--cache-dir', default='~/.cache/mobius_ros/text', help='text cache')
     parser.add_argument('--namespace', default='/mobius', help='prefix of the output topics')
     parser.add_argument('--storage', choices=['mcap', 'sqlite3'], help='default: as the input')
     parser.add_argument('--masks', action='store_true', help='add per-instance cropped masks')
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     config = SegmenterConfig(
         checkpoint=args.checkpoint,
         backend=args.backend,
+        engine_dir=args.engine_dir,
+        cache_dir=args.cache_dir,
         input_size=args.input_size,
         score_threshold=args.score_threshold,
         max_detections=args.max_detections,

@@ -98,10 +98,10 @@ class DecoderConfig:
             decoder's class head scores queries against: 'mean' of its projected tokens (the
             paper's, as for class names) or 'attention', a learned softmax weighting of them
             that can favour the expression's subject over the objects it relates to.
-        style: 'mobius' (DESIGN §4.6, with the calibrated confidence head) or 'maskdino':
-            GLEE's MaskDINO decoder at inference (query selection from the encoder, box
-            refinement, its heads); it has no confidence head, so pruning ranks queries by
-            their best class probability.
+        style: 'mobius' (DESIGN §4.6) or 'maskdino': GLEE's MaskDINO decoder at inference
+            (query selection from the encoder, box refinement, its heads). Both rank queries
+            for pruning by their best class probability, max_k sigmoid(logit); MOBIUS trains
+            it with the calibration loss to predict mask quality, GLEE only as a class score.
     """
 
     style: str = 'mobius'

@@ -211,9 +211,8 @@ def map_glee_state(
             a shape that does not fit; the message names the tensors.
     """
     from mobius_ros.model.backbone import d2_resnet_from_glee
-    from mobius_ros.model.pixel_decoder import maskdino_encoder_from_glee
+    from mobius_ros.model.maskdino import maskdino_decoder_from_glee, maskdino_encoder_from_glee
     from mobius_ros.model.text_encoder import hf_clip_from_glee
-    from mobius_ros.model.transformer_decoder import maskdino_decoder_from_glee
 
     take = _Taker(state)
     parts: list[tuple[str, Callable[[], dict[str, Tensor]]]] = [

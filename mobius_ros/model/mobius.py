@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from mobius_ros.model.heads import MaskHead, confidence_from_logits
+from mobius_ros.model.maskdino import MaskDINODecoder
 from mobius_ros.model.outputs import EncoderState, LayerOutput, MobiusOutput
 from mobius_ros.model.pixel_decoder import BottleneckPixelDecoder
 from mobius_ros.model.pruning import PruningConfig, threshold
 from mobius_ros.model.text_encoder import TextFeatures, pack_tokens
-from mobius_ros.model.transformer_decoder import MaskDINODecoder, QueryDecoder, keep_topk
+from mobius_ros.model.transformer_decoder import QueryDecoder, keep_topk
 
 NO_PRUNING = PruningConfig(trajectory='none')
 

@@ -87,7 +87,7 @@ VARIANTS: dict[str, MobiusConfig] = {
     # GLEE-Lite itself (CVPR 2024), computed as GLEE's code computes it, for its released
     # weights (`mobius convert-glee`): detectron2's ResNet-50, GLEE's CLIP text tower, the
     # MaskDINO encoder with early fusion (strides 8-64, 6 layers) and the 9-layer MaskDINO
-    # decoder with 300 queries. It has no calibrated confidence head (see DecoderConfig.style).
+    # decoder with 300 queries. Its class scores are not calibrated (see DecoderConfig.style).
     'GLEE-Lite': MobiusConfig(
         name='GLEE-Lite',
         hidden_dim=256,

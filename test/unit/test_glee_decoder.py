@@ -16,15 +16,14 @@ from torch import Tensor
 
 from mobius_ros.model.config import DecoderConfig, MobiusConfig
 from mobius_ros.model.heads import RenormMaskHead, build_mask_head
-from mobius_ros.model.mobius import Mobius
-from mobius_ros.model.pruning import PruningConfig
-from mobius_ros.model.transformer_decoder import (
+from mobius_ros.model.maskdino import (
     MaskDINODecoder,
-    QueryDecoder,
-    build_query_decoder,
     maskdino_anchors,
     maskdino_decoder_from_glee,
 )
+from mobius_ros.model.mobius import Mobius
+from mobius_ros.model.pruning import PruningConfig
+from mobius_ros.model.transformer_decoder import QueryDecoder, build_query_decoder
 from mobius_ros.model.variants import build_model
 from scripts.glee_reference import glee_src, seeded_state
 

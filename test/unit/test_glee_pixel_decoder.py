@@ -10,11 +10,8 @@ import pytest
 import torch
 
 from mobius_ros.model.config import PixelDecoderConfig
-from mobius_ros.model.pixel_decoder import (
-    MaskDINOPixelDecoder,
-    build_pixel_decoder,
-    maskdino_encoder_from_glee,
-)
+from mobius_ros.model.maskdino import MaskDINOPixelDecoder, maskdino_encoder_from_glee
+from mobius_ros.model.pixel_decoder import build_pixel_decoder
 from scripts.glee_reference import glee_src
 
 pytestmark = pytest.mark.skipif(glee_src() is None, reason='GLEE source tree not present')

@@ -362,7 +362,7 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, 'latency budget not met'
         else:
             status.level, status.message = DiagnosticStatus.OK, 'ok'
-        budget = params.latency_budget(self._values)
+        budget, floor = params.latency_budget(self._values), self._stats.floor_ms()
         vocabulary = self._segmenter.vocabulary if self._segmenter is not None else None
         fields = {
             'rate_hz': f'{snap.rate_hz:.2f}',
@@ -374,6 +374,8 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
             'errors': snap.errors,
             'queries_kept': snap.queries_kept,
             'latency_budget_ms': 'none' if budget is None else f'{budget:.1f}',
+            # The least budget this node would accept now (what pruning cannot shorten).
+            'latency_floor_ms': 'n/a' if floor is None else f'{floor:.1f}',
             'budget_met': 'n/a' if snap.budget_met is None else str(snap.budget_met).lower(),
             'backend': self._values['backend'],
             'enabled': str(self._enabled).lower(),

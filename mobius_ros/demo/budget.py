@@ -151,7 +151,8 @@ def dropped_account(
     }
     if None not in (superseded, bad, processed):
         account['not_received_by_node'] = max(
-            len(sent) - processed - superseded - bad, 0  # type: ignore[operator]
+            len(sent) - processed - superseded - bad,
+            0,  # type: ignore[operator]
         )
         account['answered_but_output_lost'] = max(processed - len(records), 0)  # type: ignore[operator]
     account['explanation'] = (

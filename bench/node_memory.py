@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         first = one_start(env, parameters, args.frames, logs)
         runs = [one_start(env, parameters, args.frames, logs) for _ in range(args.starts)]
     summary = {
-        key: statistics.median(r[key] for r in runs)
+        key: round(statistics.median(r[key] for r in runs), 3)
         for key in ('seconds_to_active', 'rss_active_mb', 'rss_mb', 'peak_rss_mb')
     }
     payload = {

@@ -38,7 +38,7 @@ from mobius_ros.demo.camera import (
     referring_query,
 )
 from mobius_ros.demo.launcher import NodeProcess, private_graph, start_node
-from mobius_ros.demo.steps import Session, ask, play, vocabulary_reply
+from mobius_ros.demo.steps import Session, ask, play, refer_all, vocabulary_reply
 
 NAMESPACE = '/mobius_demo'
 DEFAULT_INPUT_SIZE = (160, 224)  # the demo model's training scale (recipe 'demo': 160 px)
@@ -246,6 +246,7 @@ def _script(
             f'       referring "{expression["sentence"]}": IoU with the true instance'
             f' {referring["iou_with_target"]:.2f}'
         )
+    referring['every_expression'] = refer_all(client, session, frames)
     one_shot = ask(
         client, session, query_frame, 'oneshot', phrases=colour_phrases(query_frame.scene)
     )

@@ -73,6 +73,13 @@ def test_demo_runs_and_reports(demo_run: Any) -> None:
     assert referring['answered'] and referring['success'] and referring['instances'] == 1
     assert referring['objects'][0]['phrase'] == referring['expression']
     assert 0.0 <= referring['iou_with_target'] <= 1.0
+    # Every expression of the played scenes was asked and scored, not just the scripted one.
+    every = referring['every_expression']
+    scenes = [f.scene for f in demo_frames(6) if f.scene is not None]
+    assert every['scenes'] == len(scenes)
+    assert every['expressions'] == sum(len(s.expressions) for s in scenes) > 0
+    assert 0 <= every['found'] <= every['expressions']
+    assert sum(k['expressions'] for k in every['by_kind'].values()) == every['expressions']
     assert summary['one_shot']['success']
     assert summary['lifecycle'] == {'deactivate': True, 'shutdown': True}
     assert summary['node_exit_code'] == 0

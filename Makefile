@@ -10,10 +10,11 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: venv demo test test-fast lint flops clean
 
-$(STAMP): setup.py requirements/constraints.txt
+$(STAMP): setup.py requirements/constraints.txt scripts/install_ros_launch.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,ros,fastervit]'
+	PYTHON=$(PY) scripts/install_ros_launch.sh
 	touch $(STAMP)
 
 venv: $(STAMP)

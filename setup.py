@@ -79,6 +79,9 @@ ROS = [
     'ros-jazzy-rosidl-typesupport-interface',
     'catkin_pkg',
     'rosbags>=0.10',
+    # What `launch` needs beside the standard library (scripts/install_ros_launch.sh installs
+    # launch and launch_ros themselves from source); lark comes with the rosidl parser.
+    'osrf-pycommon>=2.0',
 ]
 
 setup(
@@ -132,6 +135,7 @@ setup(
         'console_scripts': [
             'mobius = mobius_ros.cli:main',
             'mobius_node = mobius_ros.ros.node:main',
+            'mobius_bag_play = mobius_ros.ros.player:main',
         ],
     },
 )

@@ -18,5 +18,6 @@ start=$(date +%s)
 $PY -m bench.peers --repeats "$REPEATS"
 $PY -m bench.pruning --repeats "$REPEATS"
 $PY -m bench.budget_curve --frames "$FRAMES" --settle "$SETTLE"
+$PY -m bench.node_memory
 $PY -m bench.report
 echo "bench/run_all.sh: done in $(( ($(date +%s) - start) / 60 )) min"

@@ -7,7 +7,8 @@
 Parameters come from YAML, not launch arguments: config/mobius.yaml (defaults), then the device
 preset (orin_nano, orin_agx, desktop, glee_lite; optional), then your params_file (optional),
 later files overriding earlier ones; a non-empty `checkpoint` argument overrides them all.
-One node per camera namespace; engines are shared on disk.
+One node per camera namespace; engines are shared on disk. A bad argument (an unknown preset, a
+missing file, a flag that is not true/false) stops the launch with a line naming it.
 """
 
 from __future__ import annotations
@@ -22,24 +23,45 @@ from launch_ros.actions import LifecycleNode
 from launch import LaunchDescription
 
 
+def _flag(context: object, name: str) -> bool:
+    value = LaunchConfiguration(name).perform(context)
+    if value.lower() not in ('true', 'false'):
+        raise ValueError(f"launch argument {name}:='{value}' must be true or false")
+    return value.lower() == 'true'
+
+
+def _existing(context: object, name: str) -> str:
+    value = os.path.expanduser(LaunchConfiguration(name).perform(context))
+    if value and not os.path.exists(value):
+        raise FileNotFoundError(f"launch argument {name}:='{value}': no such file or folder")
+    return value
+
+
 def _node(context: object) -> list[LifecycleNode]:
     share = get_package_share_directory('mobius_ros')
-    files = [os.path.join(share, 'config', 'mobius.yaml')]
+    config = os.path.join(share, 'config')
+    files = [os.path.join(config, 'mobius.yaml')]
     preset = LaunchConfiguration('preset').perform(context)
     if preset:
-        files.append(os.path.join(share, 'config', f'{preset}.yaml'))
-    params_file = LaunchConfiguration('params_file').perform(context)
+        presets = sorted(n[:-5] for n in os.listdir(config) if n.endswith('.yaml'))
+        presets.remove('mobius')
+        if preset not in presets:
+            raise ValueError(f"launch argument preset:='{preset}' is none of {presets}")
+        files.append(os.path.join(config, f'{preset}.yaml'))
+    params_file = _existing(context, 'params_file')
     if params_file:
         files.append(params_file)
-    compressed = LaunchConfiguration('compressed').perform(context).lower() == 'true'
+    compressed = _flag(context, 'compressed')
     image_topic = LaunchConfiguration('image_topic').perform(context)
+    if not image_topic:
+        raise ValueError('launch argument image_topic must not be empty')
     source = 'image/compressed' if compressed else 'image'
     target = f'{image_topic}/compressed' if compressed else image_topic
-    use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() == 'true'
+    use_sim_time = _flag(context, 'use_sim_time')
     overrides: dict[str, object] = {'use_sim_time': use_sim_time, 'compressed': compressed}
-    checkpoint = LaunchConfiguration('checkpoint').perform(context)
+    checkpoint = _existing(context, 'checkpoint')
     if checkpoint:
-        overrides['checkpoint'] = os.path.expanduser(checkpoint)
+        overrides['checkpoint'] = checkpoint
     return [
         LifecycleNode(
             package='mobius_ros',

@@ -20,7 +20,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--checkpoint', help='checkpoint or export folder (default: the bundled demo model)'
     )
     parser.add_argument('--backend', choices=('onnxruntime', 'torch'), default='onnxruntime')
-    parser.add_argument('--budget-ms', type=float, help='latency budget per frame (p95 target)')
+    parser.add_argument(
+        '--budget-ms',
+        type=float,
+        help='latency budget (p95 target) set partway through; default: halfway between the'
+        " node's feasible floor and the unbudgeted median",
+    )
     parser.add_argument('--rate', type=float, default=2.0, help='camera frame rate (Hz)')
     parser.add_argument(
         '--input-size',
@@ -78,13 +83,22 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print('mobius demo: interrupted; the node was stopped', file=sys.stderr)
         return 130
-    frames = summary['frames']
+    frames, budget = summary['frames'], summary['budget']
     latency = summary['latency_ms']
+    iou = summary['referring'].get('iou_with_target')
+    if budget['accepted']:
+        budgeted = f'met on {budget["met"]}/{budget["frames"]} frames'
+    else:
+        budgeted = 'refused'
     print(
         f'mobius demo: {frames["processed"]}/{frames["published"]} frames processed'
-        f' (p50 {latency.get("p50_ms", float("nan")):.1f} ms, p95'
-        f' {latency.get("p95_ms", float("nan")):.1f} ms), referring query answered:'
-        f' {summary["referring"]["success"]}; wrote {args.out}/summary.json,'
-        f' {args.out}/overlays/, {summary["recording"]["path"]} in {summary["seconds"]:.0f} s'
+        f' ({frames["dropped"]} dropped, summary.json frames.dropped_why says why; p50'
+        f' {latency.get("p50_ms", float("nan")):.1f} ms, p95'
+        f' {latency.get("p95_ms", float("nan")):.1f} ms); latency budget'
+        f' {budget["budget_ms"]:.1f} ms {budgeted}; referring query answered:'
+        f' {summary["referring"]["success"]}'
+        f'{"" if iou is None else f" (IoU with the true instance {iou:.2f})"}; wrote'
+        f' {args.out}/summary.json, {args.out}/latency.png, {args.out}/overlays/,'
+        f' {summary["recording"]["path"]} in {summary["seconds"]:.0f} s'
     )
     return 0

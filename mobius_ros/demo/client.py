@@ -182,6 +182,26 @@ class DemoClient:
             setattr(request, name, value)
         return request
 
+    def set_parameter(self, name: str, value: float, timeout: float = 30.0) -> tuple[bool, str]:
+        """Set one double parameter of the node through its parameter service (what
+        `ros2 param set` does); (accepted, the node's reason when it refused)."""
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+
+        request = self.request('rcl_interfaces/srv/SetParameters')
+        request.parameters = [
+            Parameter(
+                name=name,
+                value=ParameterValue(
+                    type=ParameterType.PARAMETER_DOUBLE, double_value=float(value)
+                ),
+            )
+        ]
+        reply = self.call(
+            'rcl_interfaces/srv/SetParameters', 'mobius/set_parameters', request, timeout
+        )
+        result = reply.results[0]
+        return bool(result.successful), str(result.reason)
+
     def change_state(self, transition: int, timeout: float = 30.0) -> bool:
         """Ask the lifecycle node for a transition (lifecycle_msgs/Transition id)."""
         request = self.request('lifecycle_msgs/srv/ChangeState')

@@ -6,10 +6,14 @@ blame). The steps, in order:
 
 1. build (or find) the interface packages and start the node on a private localhost graph;
 2. `set_vocabulary` with the demo shapes, then the camera plays the first half of the frames;
+   a quarter of the way in, a latency budget is set through the parameter service (one under
+   the node's feasible floor first, which it refuses), and stays for the rest of the run;
 3. `segment` with a referring expression of a synthetic scene (and a one-shot colour
    vocabulary), scored against the scene's ground-truth mask;
 4. `set_vocabulary(agnostic=True)` ("object" mode), the camera plays the second half;
-5. `get_vocabulary`, the node's last diagnostics, lifecycle deactivate + shutdown, SIGINT.
+5. `get_vocabulary`, the node's last diagnostics, lifecycle deactivate + shutdown, SIGINT;
+   the summary accounts for the budget and for every frame the node did not answer, and
+   `latency.png` plots latency against the budget.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mobius_ros.demo import report
+from mobius_ros.demo.budget import budget_account, dropped_account, fresh_diagnostics, set_budget
 from mobius_ros.demo.camera import (
     DEMO_VOCABULARY,
     DemoFrame,
@@ -33,7 +38,7 @@ from mobius_ros.demo.camera import (
     referring_query,
 )
 from mobius_ros.demo.launcher import NodeProcess, private_graph, start_node
-from mobius_ros.demo.steps import Session, ask, last_diagnostics, play, vocabulary_reply
+from mobius_ros.demo.steps import Session, ask, play, refer_all, vocabulary_reply
 
 NAMESPACE = '/mobius_demo'
 DEFAULT_INPUT_SIZE = (160, 224)  # the demo model's training scale (recipe 'demo': 160 px)
@@ -134,7 +139,7 @@ def run_demo(options: DemoOptions, *, echo: Callable[[str], None] = print) -> di
         'vocabulary': list(DEMO_VOCABULARY),
         'score_threshold': options.score_threshold,
         'max_detections': 20,
-        'latency_budget_ms': options.budget_ms or 0.0,
+        'latency_budget_ms': 0.0,  # set partway through, through the parameter service
         'publish_instance_masks': True,
         'engine_dir': options.engine_dir,
         'cache_dir': options.cache_dir,
@@ -184,7 +189,7 @@ def _with_node(
     from mobius_ros.demo.client import DemoClient, ServiceError
     from mobius_ros.demo.recorder import SessionRecorder
 
-    session = Session(Path(options.out), options.budget_ms, echo)
+    session = Session(Path(options.out), echo)
     recorder = SessionRecorder(Path(options.out) / 'session_mcap')
     client = DemoClient(NAMESPACE, recorder, on_message=session.on_message)
     try:
@@ -223,9 +228,12 @@ def _script(
     vocabulary = vocabulary_reply(reply)
     echo(f'set_vocabulary: {reply.message} (version {reply.vocabulary_version})')
     half = len(frames) // 2
+    first = max(1, half // 2)  # unbudgeted frames: what the budget is chosen from
     indexed = list(enumerate(frames))
     echo(report.HEADER)
-    play(client, session, indexed[:half], options.rate_hz)
+    play(client, session, indexed[:first], options.rate_hz)
+    budget = set_budget(client, session, options.budget_ms, from_frame=first)
+    play(client, session, indexed[first:half], options.rate_hz)
 
     referring = ask(client, session, query_frame, 'refer', expression=expression['sentence'])
     referring['expression_kind'] = expression['kind']
@@ -238,6 +246,7 @@ def _script(
             f'       referring "{expression["sentence"]}": IoU with the true instance'
             f' {referring["iou_with_target"]:.2f}'
         )
+    referring['every_expression'] = refer_all(client, session, frames)
     one_shot = ask(
         client, session, query_frame, 'oneshot', phrases=colour_phrases(query_frame.scene)
     )
@@ -265,8 +274,7 @@ def _script(
         'get_vocabulary',
         client.request('mobius_ros_msgs/srv/GetVocabulary'),
     )
-    client.wait(lambda: client.received.count('diagnostics') > 0, timeout=3.0)
-    diagnostics = last_diagnostics(client.received.messages.get('diagnostics', []))
+    diagnostics = fresh_diagnostics(client)
 
     echo('node: lifecycle deactivate + shutdown')
     lifecycle = {
@@ -280,21 +288,26 @@ def _script(
         )
     records = sorted(session.records, key=lambda r: r['frame'])
     latencies = [r['latency_ms'] for r in records]
-    met = [r['budget_met'] for r in records if r['budget_met'] is not None]
+    dropped = dropped_account(session.sent, records, diagnostics)
+    budget = budget_account(records, budget)
+    plotted = report.plot_latency(records, Path(options.out) / 'latency.png')
+    echo(_budget_line(budget))
+    echo(f'dropped: {dropped["count"]} of {len(session.sent)} frames; {dropped["explanation"]}')
     return {
         'ok': True,
         'frames': {
             'published': len(session.sent),
             'processed': len(records),
-            'dropped': len(session.sent) - len(records),
+            'dropped': dropped['count'],
+            'dropped_why': dropped,
             'by_task': {
                 t: sum(r['task'] == t for r in records) for t in ('vocabulary', 'agnostic')
             },
         },
         'latency_ms': report.latency_stats(latencies),
         'inference_ms': report.latency_stats([r['inference_ms'] for r in records]),
-        'budget_ms': options.budget_ms,
-        'budget_met_frames': sum(met) if met else None,
+        'budget': budget,
+        'plot': 'latency.png' if plotted else None,
         'vocabulary': vocabulary,
         'referring': referring,
         'one_shot': one_shot,
@@ -310,3 +323,15 @@ def _script(
         'node_exit_code': code,
         'per_frame': records,
     }
+
+
+def _budget_line(budget: dict[str, Any]) -> str:
+    if not budget['accepted']:
+        return f'budget: {budget["budget_ms"]:.1f} ms refused ({budget["reason"]})'
+    kept = budget['mean_queries_kept_last_layer']
+    return (
+        f'budget: {budget["budget_ms"]:.1f} ms from frame {budget["from_frame"]}, met on'
+        f' {budget["met"]}/{budget["frames"]} frames (model time p95'
+        f' {budget["inference_p95_ms"]} ms); queries kept after the last layer'
+        f' {kept["unbudgeted"]} without it, {kept["budgeted"]} with it'
+    )

@@ -37,6 +37,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MSGS_SOURCE = REPO_ROOT / 'msg'
 VISION_MSGS_FIXTURE = REPO_ROOT / 'test' / 'fixtures' / 'vision_msgs'
 DEFAULT_BUILD_DIR = REPO_ROOT / 'build' / 'interfaces'
+# The Jazzy launch sources beside the repository (../shared/ros-src, see its README): launch_ros
+# imports composition_interfaces, which the PyPI wheels lack, so it is built here like ours.
+ROS_SOURCES = REPO_ROOT.parent / 'shared' / 'ros-src'
+COMPOSITION_INTERFACES_SOURCE = ROS_SOURCES / 'rcl_interfaces' / 'composition_interfaces'
 
 # vision_msgs 4.x (Humble, Jazzy), the messages mobius_ros uses (DESIGN Appendix A).
 VISION_MSGS_DEFINITIONS: dict[str, str] = {
@@ -158,8 +162,17 @@ def _numpy_include() -> str:
     return numpy.get_include()
 
 
+def default_sources(*, with_vision_msgs: bool = True) -> list[Path]:
+    """What to build: ours, the vision_msgs fixture, and composition_interfaces when its source
+    is beside the repository (the same list whatever is importable, so the stamp stays valid)."""
+    sources = [VISION_MSGS_FIXTURE, MSGS_SOURCE] if with_vision_msgs else [MSGS_SOURCE]
+    if COMPOSITION_INTERFACES_SOURCE.is_dir():
+        sources.insert(0, COMPOSITION_INTERFACES_SOURCE)
+    return sources
+
+
 def build_interfaces(
-    sources: Sequence[Path] = (VISION_MSGS_FIXTURE, MSGS_SOURCE),
+    sources: Sequence[Path] | None = None,
     *,
     build_dir: Path = DEFAULT_BUILD_DIR,
     jobs: int = 2,
@@ -173,6 +186,7 @@ def build_interfaces(
     Raises:
         InterfaceBuildError: cmake is missing or a package fails; the message names its log.
     """
+    sources = default_sources() if sources is None else sources
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     install = InterfaceInstall(build_dir / 'install')
@@ -268,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--force', action='store_true', help='rebuild even if up to date')
     parser.add_argument('--jobs', type=int, default=2)
     args = parser.parse_args(argv)
-    sources = [VISION_MSGS_FIXTURE, MSGS_SOURCE] if args.with_vision_msgs else [MSGS_SOURCE]
+    sources = default_sources(with_vision_msgs=args.with_vision_msgs)
     install = build_interfaces(sources, build_dir=args.build_dir, jobs=args.jobs, force=args.force)
     print(f'interfaces installed in {install.prefix}')
     print(f'export PYTHONPATH={install.python_path}:$PYTHONPATH')

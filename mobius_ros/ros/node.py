@@ -56,6 +56,9 @@ SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 
 
+FIXED_STAGES = ('preprocess', 'encoder', 'postprocess')
+
+
 def _optional(module: str) -> Any | None:
     try:
         return importlib.import_module(module)
@@ -255,16 +258,15 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
     def _process(self, msg: Any, received: float) -> None:
         try:
             rgb = message_to_rgb(msg, compressed=isinstance(msg, CompressedImage))
-        except ImageError as error:
+            segmenter = self._segmenter
+            if segmenter is None:
+                return
+            with self._infer_lock:
+                prediction = segmenter.segment(rgb)
+        except ImageError as error:  # malformed or degenerate (1x1): the camera's, not ours
             self._stats.count('bad_frames')
             self.get_logger().warning(f'skipped a frame: {error}', throttle_duration_sec=2.0)
             return
-        segmenter = self._segmenter
-        if segmenter is None:
-            return
-        try:
-            with self._infer_lock:
-                prediction = segmenter.segment(rgb)
         except SegmenterError as error:
             self._stats.count('errors')
             self.get_logger().error(f'segmentation failed: {error}', throttle_duration_sec=2.0)
@@ -301,14 +303,23 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
             debug.publish(messages.image(factory, header, rgb_to_image_fields(picture)))
         kept = prediction.queries_kept[-1] if prediction.queries_kept else 0
         met = prediction.budget.get('budget_met')
+        # What no pruning or early exit removes: the floor under any latency budget.
+        fixed = sum(prediction.timings_ms.get(k, 0.0) for k in FIXED_STAGES)
         self._stats.frame(latency_ms, queries_kept=int(kept), budget_met=None if met is None
-                          else bool(met))  # fmt: skip
+                          else bool(met), fixed_ms=fixed)  # fmt: skip
 
     # Parameters --------------------------------------------------------------------------------
 
     def _check_parameters(self, parameters: list[Any]) -> SetParametersResult:
         changes = {p.name: _plain(p.value) for p in parameters}
         reasons = params.validate_all({**self._values, **changes})
+        budget, floor = changes.get('latency_budget_ms'), self._stats.floor_ms()
+        if not reasons and budget and floor is not None and budget < floor:
+            reasons.append(
+                f'latency_budget_ms {budget:g} is below the feasible floor: preprocessing, the'
+                f' encoder and postprocessing alone took at least {floor:.1f} ms on recent'
+                ' frames, and pruning only shortens the decoder'
+            )
         if not reasons and self._apply_in_check:
             self._apply_parameters(parameters)
         return SetParametersResult(successful=not reasons, reason='; '.join(reasons))
@@ -351,7 +362,7 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, 'latency budget not met'
         else:
             status.level, status.message = DiagnosticStatus.OK, 'ok'
-        budget = params.latency_budget(self._values)
+        budget, floor = params.latency_budget(self._values), self._stats.floor_ms()
         vocabulary = self._segmenter.vocabulary if self._segmenter is not None else None
         fields = {
             'rate_hz': f'{snap.rate_hz:.2f}',
@@ -363,6 +374,8 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
             'errors': snap.errors,
             'queries_kept': snap.queries_kept,
             'latency_budget_ms': 'none' if budget is None else f'{budget:.1f}',
+            # The least budget this node would accept now (what pruning cannot shorten).
+            'latency_floor_ms': 'n/a' if floor is None else f'{floor:.1f}',
             'budget_met': 'n/a' if snap.budget_met is None else str(snap.budget_met).lower(),
             'backend': self._values['backend'],
             'enabled': str(self._enabled).lower(),

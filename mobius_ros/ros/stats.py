@@ -34,14 +34,31 @@ class FrameStats:
         self.frames = self.dropped = self.bad_frames = self.errors = 0
         self._queries_kept = 0
         self._budget_met: bool | None = None
+        self._fixed: deque[float] = deque(maxlen=window)
 
-    def frame(self, latency_ms: float, *, queries_kept: int, budget_met: bool | None) -> None:
+    def frame(
+        self,
+        latency_ms: float,
+        *,
+        queries_kept: int,
+        budget_met: bool | None,
+        fixed_ms: float | None = None,
+    ) -> None:
+        """Record one published frame; `fixed_ms` is its time in stages no pruning shortens."""
         with self._lock:
+            if fixed_ms is not None:
+                self._fixed.append(fixed_ms)
             self.frames += 1
             self._latencies.append(latency_ms)
             self._times.append(time.monotonic())
             self._queries_kept = queries_kept
             self._budget_met = budget_met
+
+    def floor_ms(self) -> float | None:
+        """The least fixed-stage time of the recent frames (None before the first): a budget
+        under it could not have been met by any of them, whatever the pruning."""
+        with self._lock:
+            return min(self._fixed) if self._fixed else None
 
     def count(self, what: str) -> None:
         """Count a 'dropped', 'bad_frames' or 'errors' event."""

@@ -3,13 +3,19 @@
 Used by the `Segmenter` facade. 'torch' runs the checkpoint's model through `TorchRunner`s over
 the export wrappers (the very modules the ONNX graphs are traced from); 'onnxruntime' and
 'tensorrt' run an export folder, exported from the checkpoint into the engine cache on first use
-(needs torch once); an existing export folder loads without torch.
+(needs torch once, in a child process: PyTorch takes about 0.9 GB of resident memory that a
+long-running ONNX Runtime or TensorRT process, such as the node, must not keep); an existing
+export folder loads without torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,24 +183,36 @@ def _open_export(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, o
         if config.backend == 'onnxruntime'
         else _tensorrt_factory(exported, config)
     )
-    return exported.runners(factory), exported.text_encoder(factory), exported.num_queries
+    # Phrases usually come from the embedding cache: the ONNX Runtime text graph (90 MB for
+    # MiniLM) is loaded only when one does not.
+    lazy = config.backend == 'onnxruntime'
+    encoder = exported.text_encoder(factory, lazy=lazy)
+    return exported.runners(factory), encoder, exported.num_queries
 
 
 def _export_checkpoint(source: Path, directory: Path, input_size: tuple[int, int]) -> None:
-    try:
-        from mobius_ros.export.onnx import ExportOptions, export_model
-        from mobius_ros.model.checkpoint import load_checkpoint
-    except ImportError as error:
+    """`mobius export` of `source` into `directory`, run as a child process so that torch is
+    never imported into this one."""
+    if importlib.util.find_spec('torch') is None:
         raise ModelLoadError(
-            f'exporting {source} to ONNX needs PyTorch ({error}); export it on a machine with'
-            ' torch (`mobius export`) and pass the export folder as the checkpoint'
-        ) from error
+            f'exporting {source} to ONNX needs PyTorch (not installed here); export it on a'
+            ' machine with torch (`mobius export`) and pass the export folder as the checkpoint'
+        )
     _LOG.info('exporting %s to %s (first use of this checkpoint)', source, directory)
-    try:
-        model = load_checkpoint(source)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(f'cannot load checkpoint {source}: {error}') from error
-    export_model(model, directory, ExportOptions(input_size=input_size))
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very code
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (package_root, env.get('PYTHONPATH')) if p)
+    command = [
+        sys.executable, '-m', 'mobius_ros.cli', 'export', '--checkpoint', str(source),
+        '--out', str(directory), '--input-size', str(input_size[0]), str(input_size[1]),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()][-6:]
+        raise ModelLoadError(
+            f'cannot export checkpoint {source} to ONNX (`mobius export` exited with'
+            f' {done.returncode}):\n' + '\n'.join(lines)
+        )
 
 
 def tensorrt_plan(exported: ExportedModel, config: SegmenterConfig) -> EnginePlan:

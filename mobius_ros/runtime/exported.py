@@ -9,6 +9,7 @@ open a graph file (ONNX Runtime here; TensorRT engines built from these files).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,13 +123,22 @@ class ExportedModel:
             referring_layers=referring,
         )
 
-    def text_encoder(self, factory: RunnerFactory) -> GraphTextEncoder:
-        """The exported text encoder with its tokenizer (torch-free)."""
+    def text_encoder(self, factory: RunnerFactory, *, lazy: bool = False) -> GraphTextEncoder:
+        """The exported text encoder with its tokenizer (torch-free); with `lazy`, its graph is
+        loaded on the first phrase that the embedding cache does not hold (for ONNX Runtime;
+        a TensorRT factory may build an engine, which must not happen inside a service call)."""
         tokenizer = self.meta.get('tokenizer')
         if not tokenizer:
             raise ModelLoadError(f'{self.directory} was exported without the text encoder')
+        path = self.graph_path(io_spec.TEXT_ENCODER)
+        if not path.is_file():
+            raise ModelLoadError(f'ONNX graph not found: {path}')
+
+        def make() -> Runner:
+            return factory(io_spec.TEXT_ENCODER, path)
+
         return GraphTextEncoder(
-            factory(io_spec.TEXT_ENCODER, self.graph_path(io_spec.TEXT_ENCODER)),
+            make if lazy else make(),
             load_tokenizer(tokenizer, self.directory),
             identity=str(self.meta['text_encoder']['identity']),
             width=int(self.meta['text_encoder']['width']),
@@ -141,7 +151,9 @@ class GraphTextEncoder:
     """Phrases -> token features through the text-encoder graph (the cache's `encode_fn`).
 
     Args:
-        runner: runner of text_encoder.onnx.
+        runner: runner of text_encoder.onnx, or a function that makes it: then it is made on
+            the first `encode`, so a process whose phrases all come from the embedding cache
+            never holds the graph (MiniLM's is 90 MB) in memory.
         tokenizer: phrases -> token ids [P, L].
         identity: the text encoder's identity (the same string as the PyTorch encoder's, so
             the on-disk cache is shared between backends).
@@ -151,14 +163,17 @@ class GraphTextEncoder:
 
     def __init__(
         self,
-        runner: Runner,
+        runner: Runner | Callable[[], Runner],
         tokenizer: Callable[[Sequence[str]], np.ndarray],
         *,
         identity: str,
         width: int,
         keep_padding: bool = False,
     ) -> None:
-        self.runner = runner
+        lazy = not hasattr(runner, 'infer')
+        self._runner: Runner | None = None if lazy else runner  # type: ignore[assignment]
+        self._make: Callable[[], Runner] | None = runner if lazy else None  # type: ignore[assignment]
+        self._lock = threading.Lock()
         self.keep_padding = keep_padding
         self.tokenizer = tokenizer
         self.identity = identity
@@ -179,8 +194,22 @@ class GraphTextEncoder:
 
     __call__ = encode
 
+    @property
+    def runner(self) -> Runner:
+        """The graph's runner, made now if it was deferred."""
+        with self._lock:  # two first phrases on two service threads must not load it twice
+            if self._runner is None:
+                assert self._make is not None
+                self._runner = self._make()
+            return self._runner
+
+    @property
+    def loaded(self) -> bool:
+        return self._runner is not None
+
     def close(self) -> None:
-        self.runner.close()
+        if self._runner is not None:
+            self._runner.close()
 
 
 def onnxruntime_factory(*, intra_op_threads: int | None = None) -> RunnerFactory:

@@ -340,6 +340,43 @@ def test_enable_and_lifecycle(node: NodeProcess, ros_client: Client) -> None:
     _publish_until(ros_client, _image(_picture(), stamp=54), masks, 54)
 
 
+def test_referring_answer_agrees_with_mobius_segment(
+    node: NodeProcess, ros_client: Client, checkpoint: Path, tmp_path: Path
+) -> None:
+    """The node's `segment` and `mobius segment` answer the same expression on the same image
+    with the same instance: same phrase, score, box and mask (one runtime, one set of settings)."""
+    import json
+
+    import cv2
+    from mobius_ros_msgs.srv import Segment
+
+    from mobius_ros.cli import main
+    from mobius_ros.demo.report import prediction_from_message
+    from mobius_ros.ops.masks import rle_decode
+
+    expression = 'the red box left of the sky'
+    rgb = _picture(seed=5)
+    path = tmp_path / 'picture.png'
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))  # lossless: the same pixels
+    reply = ros_client.call(
+        Segment, _topic('segment'), Segment.Request(image=_image(rgb), expression=expression)
+    )
+    assert reply.success, reply.message
+    ours = prediction_from_message(reply.result)
+    code = main([
+        'segment', str(path), '--expression', expression, '--checkpoint', str(checkpoint),
+        '--backend', 'torch', '--input-size', '64', '96', '--out', str(tmp_path / 'out'),
+        '--cache-dir', str(tmp_path / 'text'),
+    ])  # fmt: skip
+    assert code == 0
+    (cli,) = json.loads((tmp_path / 'out' / 'results.json').read_text())[0]['instances']
+    assert len(ours) == 1 and ours.labels[0] == cli['label'] == expression
+    assert abs(float(ours.scores[0]) - cli['score']) < 1e-4
+    x, y, w, h = cli['bbox']
+    np.testing.assert_allclose(ours.boxes[0], [x, y, x + w, y + h], atol=0.05)
+    assert np.array_equal(ours.masks[0], rle_decode(cli['segmentation']).astype(bool))
+
+
 def test_diagnostics_report_rate_latency_and_drops(node: NodeProcess, ros_client: Client) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
 
@@ -355,9 +392,12 @@ def test_diagnostics_report_rate_latency_and_drops(node: NodeProcess, ros_client
         'dropped_frames',
         'queries_kept',
         'budget_met',
+        'latency_floor_ms',
         'backend',
     } <= values.keys()
     assert values['backend'] == 'torch' and int(values['frames']) > 0
+    # The floor is what preprocessing, the encoder and postprocessing took: under the latency.
+    assert 0.0 < float(values['latency_floor_ms']) <= float(values['latency_p95_ms'])
 
 
 def test_compressed_input_without_our_messages(

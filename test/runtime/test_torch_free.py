@@ -127,3 +127,58 @@ def test_onnxruntime_inference_without_torch(tmp_path: Path) -> None:
             abs(result['mask_sum'] - int(prediction.masks.sum())) <= 0.01 * prediction.masks.size
         )
     assert len(want['referring']) == 1
+
+
+EXPORT_SCRIPT = r"""
+import json, sys
+import numpy as np
+from mobius_ros.runtime.segmenter import Segmenter, SegmenterConfig
+
+args = json.loads(sys.argv[1])
+config = SegmenterConfig(
+    checkpoint=args['checkpoint'], backend='onnxruntime', engine_dir=args['engines'],
+    input_size=tuple(args['canvas']), cache_dir=args['cache'],
+)
+image = np.zeros((40, 50, 3), np.uint8)
+out = {}
+for start in ('first', 'second'):  # the second finds 'object' and 'ring' in the text cache
+    with Segmenter(config) as segmenter:
+        segmenter.set_vocabulary(['ring'])
+        prediction = segmenter.segment(image, agnostic=True)
+        out[start] = {'text_graph_loaded': segmenter.text_encoder.loaded}
+        segmenter.segment(image, expression=f'the ring on the {start} start')  # not cached
+        out[start]['after_new_phrase'] = segmenter.text_encoder.loaded
+out['task'] = prediction.task.value
+out['torch_loaded'] = any(m.split('.')[0] == 'torch' for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def test_a_checkpoint_is_exported_without_torch_entering_the_process(tmp_path: Path) -> None:
+    """The first use of a checkpoint on ONNX Runtime exports it in a child process: the node
+    (a long-running process) never holds PyTorch's memory; nor the text graph while every
+    phrase it needs is in the embedding cache."""
+    from mobius_ros.model.checkpoint import save_checkpoint
+    from mobius_ros.model.variants import build_model
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model('MOBIUS-tiny').eval(), tmp_path / 'tiny.safetensors')
+    args = {
+        'checkpoint': str(tmp_path / 'tiny.safetensors'),
+        'engines': str(tmp_path / 'engines'),
+        'canvas': list(CANVAS),
+        'cache': str(tmp_path / 'text'),
+    }
+    done = subprocess.run(
+        [sys.executable, '-c', EXPORT_SCRIPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got['torch_loaded'] is False and got['task'] == 'agnostic'
+    assert got['first'] == {'text_graph_loaded': True, 'after_new_phrase': True}
+    assert got['second'] == {'text_graph_loaded': False, 'after_new_phrase': True}
+    assert len(list((tmp_path / 'engines').glob('*/model.json'))) == 1

@@ -130,3 +130,34 @@ def test_synth_command(tmp_path: Path) -> None:
     assert code == 0
     coco = json.loads((tmp_path / 'annotations' / 'instances_val.json').read_text())
     assert len(coco['images']) == 3 and (tmp_path / 'images' / 'val' / '000003.png').exists()
+
+
+def test_relation_expressions_are_unique_in_the_loose_reading_too() -> None:
+    """'the star right of the triangle' must not fit a second star that is right of and well
+    below the triangle: a reader (and a model) takes that one as right of it too."""
+    for i in range(40):
+        scene = generate_scene(scene_rng(0, 'test', i), split='test')
+        for expr in scene.expressions:
+            if expr['kind'] != 'relation':
+                continue
+            sentence = expr['sentence']
+            relations = ('left of', 'right of', 'above', 'below')
+            relation = next(r for r in relations if f' {r} ' in sentence)
+            target_text, anchor_text = expr['sentence'].split(f' {relation} ')
+            shape = target_text.split()[-1]
+            anchor_shape = anchor_text.split()[-1]
+            target = scene.instances[expr['target']]
+            anchors = [
+                a for a in scene.instances
+                if a.shape == anchor_shape and a is not target
+                and _relation_holds(target, a, relation, 0.05 * 256)
+            ]  # fmt: skip
+            assert anchors, expr
+            for anchor in anchors:
+                rivals = [
+                    inst for inst in scene.instances
+                    if inst is not target and inst is not anchor and inst.shape == shape
+                    and all(w in inst.phrases[-1].split() for w in target_text.split()[1:-1])
+                    and _relation_holds(inst, anchor, relation, 0.05 * 256, dominant=False)
+                ]  # fmt: skip
+                assert not rivals, (expr, [r.phrases for r in rivals])

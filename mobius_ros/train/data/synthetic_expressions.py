@@ -38,14 +38,18 @@ def _descriptions(inst: Instance) -> list[Description]:
     ]
 
 
-def _relation_holds(inst: Instance, anchor: Instance, relation: str, margin: float) -> bool:
+def _relation_holds(
+    inst: Instance, anchor: Instance, relation: str, margin: float, *, dominant: bool = True
+) -> bool:
+    """Whether `inst` is `relation` the anchor: beyond `margin` along the relation's axis and,
+    with `dominant`, more along that axis than across it (the clear case)."""
     (x, y), (ax, ay) = inst.centre, anchor.centre
     dx, dy = ax - x, ay - y  # > 0: the anchor is right of / below the instance
     if relation in ('left of', 'right of'):
         signed = dx if relation == 'left of' else -dx
-        return signed > margin and abs(dx) > abs(dy)
+        return signed > margin and (not dominant or abs(dx) > abs(dy))
     signed = dy if relation == 'above' else -dy
-    return signed > margin and abs(dy) > abs(dx)
+    return signed > margin and (not dominant or abs(dy) > abs(dx))
 
 
 def _extreme_key(word: str) -> Callable[[Instance], float]:
@@ -94,7 +98,11 @@ def _candidates(
                 continue
             for d in _descriptions(target):
                 group = [i for j, i in enumerate(instances) if j != a and _matches(i, d)]
-                if sum(_relation_holds(i, anchor, relation, margin) for i in group) == 1:
+                # Unique in the loose reading too: a star right of and well below the anchor
+                # is also "right of" it to a reader, so it must not be a second candidate.
+                loose = sum(_relation_holds(i, anchor, relation, margin, dominant=False)
+                            for i in group)  # fmt: skip
+                if loose == 1:
                     out['relation'].append((d, relation, anchor_ds[0]))
                     break
     return {kind: c for kind, c in out.items() if c}

@@ -194,20 +194,23 @@ def instances_axis(timing: TimingConfig, size: tuple[int, int]) -> list[dict]:
     return points
 
 
+# Runs in a fresh interpreter with only numpy and onnxruntime imported. VmHWM (the peak of this
+# process image) and not ru_maxrss, which Linux carries over from the parent across exec.
 _MEMORY_PROBE = """
-import json, resource, sys, numpy as np
-sys.path.insert(0, {root!r})
-from bench.runtime_peers import ort_session
-import onnxruntime
-def rss_mb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * 4096 / 1e6
-before = rss_mb()
-session = ort_session(__import__('pathlib').Path({path!r}), {threads})
+import json, numpy as np, onnxruntime as ort
+def status(key):
+    with open('/proc/self/status') as f:
+        line = next(l for l in f if l.startswith(key + ':'))
+    return int(line.split()[1]) / 1e3
+before = status('VmRSS')
+options = ort.SessionOptions()
+options.intra_op_num_threads = {threads}
+options.inter_op_num_threads = 1
+options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+session = ort.InferenceSession({path!r}, options, providers=['CPUExecutionProvider'])
 feeds = json.loads({feeds!r})
-arrays = {{k: np.zeros(v[0], dtype=v[1]) for k, v in feeds.items()}}
-session.run(None, arrays)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+session.run(None, {{k: np.zeros(v[0], dtype=v[1]) for k, v in feeds.items()}})
+peak = status('VmHWM')
 print(json.dumps({{'before_mb': before, 'peak_mb': peak, 'delta_mb': peak - before}}))
 """
 
@@ -311,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         'instances': lambda: instances_axis(timing, size),
         'memory': lambda: memory_axis(timing),
     }
+    previous = RESULTS_DIR / 'cost_curves.json'
+    if previous.exists():  # axes not rerun keep their last measurement
+        payload['axes'].update(json.loads(previous.read_text()).get('axes', {}))
     for axis in args.axes:
         payload['axes'][axis] = runs[axis]()
     print(f'wrote {write_results("cost_curves", payload)}')

@@ -92,12 +92,50 @@ def export_yolo(name: str, size: tuple[int, int], directory: Path = EXPORTS) -> 
     return path
 
 
-def yolo_case(name: str, size: tuple[int, int], threads: int) -> Case:
-    path = export_yolo(name, size)
+def quantize_yolo(path: Path, size: tuple[int, int], calibration: Path) -> Path:
+    """The YOLO graph quantised as ours are (QDQ, per-channel int8 weights, uint8
+    activations, Conv/MatMul/Gemm) on letterboxed calibration images scaled to [0, 1]."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from mobius_ros.export.quantize import QUANTIZED_OPS, load_images
+    from mobius_ros.ops.image import letterbox
+
+    target = path.with_name(path.stem + '-int8.onnx')
+    if target.exists():
+        return target
+    images, _ = load_images(calibration, 16)
+    feeds = iter(
+        [{'images': (letterbox(i, size)[0].transpose(2, 0, 1)[None] / 255.0).astype('float32')}
+         for i in images]
+    )  # fmt: skip
+
+    class Reader:
+        def get_next(self) -> dict | None:
+            return next(feeds, None)
+
+    quantize_static(
+        str(path),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+    )
+    return target
+
+
+def yolo_case(
+    name: str, size: tuple[int, int], threads: int, calibration: Path | None = None
+) -> Case:
+    path, label = export_yolo(name, size), name
+    if calibration is not None:
+        path, label = quantize_yolo(path, size, calibration), f'{name} int8'
     session = ort_session(path, threads)
     feeds = {'images': np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)}
     return Case(
-        name,
+        label,
         lambda: session.run(None, feeds),
         {
             'source': f'ultralytics {YOLO_PEERS[name]}, fused, ONNX export',
@@ -128,16 +166,54 @@ def parse_ours(spec: str) -> tuple[str, dict[str, Any]]:
     return variant, overrides
 
 
-def mobius_cases(spec: str, size: tuple[int, int], threads: int) -> list[Case]:
-    """The full graph (no pruning) and the split path the node runs (default thresholds)."""
-    from bench.onnx_model import export_variant, full_runner, split_runner
-    from mobius_ros.model.pruning import PruningConfig
+def int8_copy(exported: Any, calibration: Path, threads: int) -> Any:
+    """`mobius quantize` of a bench export (calibrated on real images, cached beside it)."""
+    from bench.onnx_model import ExportedVariant, runner_factory
+    from mobius_ros.export.quantize import load_images, quantize_export
+    from mobius_ros.ops.coco_classes import COCO_CLASSES
+    from mobius_ros.runtime.exported import ExportedModel
+
+    target = exported.directory.with_name(exported.directory.name + '-int8')
+    if not (target / 'model.json').exists():
+        images, _ = load_images(calibration, 16)
+        quantize_export(
+            exported.directory, target, images, COCO_CLASSES, text=exported.text, overwrite=True
+        )
+    opened = ExportedModel.open(target)
+    factory = runner_factory(threads=threads, spinning=False)
+    return ExportedVariant(
+        variant=exported.variant + ' int8',
+        directory=target,
+        runners=opened.runners(factory),
+        full=factory('full', opened.graph_path('full')),
+        text=exported.text,
+        input_size=exported.input_size,
+        num_queries=exported.num_queries,
+        num_layers=exported.num_layers,
+    )
+
+
+def mobius_cases(
+    spec: str, size: tuple[int, int], threads: int, calibration: Path | None = None
+) -> list[Case]:
+    """The full graph (no pruning) and the split path the node runs (default thresholds);
+    with `calibration`, the same for the int8 copy."""
+    from bench.onnx_model import export_variant
 
     variant, overrides = parse_ours(spec)
     exported = export_variant(
         variant, size, threads=threads, stand_in_text=True, overrides=overrides
     )
-    variant = spec
+    cases = _cases_of(spec, exported)
+    if calibration is not None:
+        cases += _cases_of(spec + ' int8', int8_copy(exported, calibration, threads))
+    return cases
+
+
+def _cases_of(variant: str, exported: Any) -> list[Case]:
+    from bench.onnx_model import full_runner, split_runner
+    from mobius_ros.model.pruning import PruningConfig
+
     graph_mb = sum(p.stat().st_size for p in exported.directory.glob('*.onnx')) / 1e6
     info = {
         'source': 'mobius_ros export (ONNX Runtime, random weights, cached 80-phrase text)',
@@ -157,15 +233,25 @@ def mobius_cases(spec: str, size: tuple[int, int], threads: int) -> list[Case]:
 
 
 def run(
-    *, size: tuple[int, int], timing: TimingConfig, ours: list[str], peers: list[str]
+    *,
+    size: tuple[int, int],
+    timing: TimingConfig,
+    ours: list[str],
+    peers: list[str],
+    calibration: Path | None = None,
 ) -> dict[str, Any]:
     fix_threads(timing.threads)
     env = environment(timing)
     cases, skipped = build_cases(peers, lambda n: yolo_case(n, size, timing.threads))
     reference = cases[0].name if cases else None
+    if calibration is not None:
+        more, failed = build_cases(
+            peers, lambda n: yolo_case(n, size, timing.threads, calibration)
+        )
+        cases, skipped = cases + more, skipped + failed
     for variant in ours:
         try:
-            cases += mobius_cases(variant, size, timing.threads)
+            cases += mobius_cases(variant, size, timing.threads, calibration)
         except Exception as error:  # a variant that cannot be exported is a recorded result
             skipped.append(Skipped(variant, f'{type(error).__name__}: {error}'[:500]))
     timings = time_interleaved({c.name: c.run for c in cases}, timing)
@@ -273,11 +359,23 @@ def main(argv: list[str] | None = None) -> int:
         '--profile', nargs='*', default=[], metavar='VARIANT', help='also profile these variants'
     )
     parser.add_argument('--profile-runs', type=int, default=10)
+    parser.add_argument(
+        '--int8-calibration',
+        type=Path,
+        metavar='FOLDER',
+        help='also time int8 copies of our graphs (`mobius quantize`, 16 images of FOLDER)',
+    )
     parser.add_argument('--output', default='runtime_peers', help='results/<output>.json')
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     timing = TimingConfig(warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-    payload = run(size=size, timing=timing, ours=args.ours, peers=args.peers)
+    payload = run(
+        size=size,
+        timing=timing,
+        ours=args.ours,
+        peers=args.peers,
+        calibration=args.int8_calibration,
+    )
     print(f'wrote {write_results(args.output, payload)}')
     for entry in payload['results']:
         if entry['status'] == 'ok':

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'convert-glee': ('convert_glee', "convert GLEE's released checkpoints into ours"),
     'eval': ('eval', 'evaluate a model: COCO AP, agnostic AR, referring P@0.5, pruning study'),
     'export': ('export', 'export split and full ONNX graphs (and the text encoder)'),
+    'quantize': ('quantize', 'int8 copy of an export folder, calibrated on images'),
     'build-engine': ('build_engine', 'build TensorRT engines ahead of time'),
     'segment': ('segment', 'segment images or folders; writes overlays and JSON'),
     'bag': ('bag', 'process a rosbag2 recording offline'),

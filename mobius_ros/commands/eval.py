@@ -3,6 +3,7 @@
     mobius eval                                   # the bundled demo model, synthetic test split
     mobius eval --checkpoint runs/demo/model.safetensors --pruning-study --out results.json
     mobius eval --checkpoint runs/demo/model.safetensors --equal-flops   # Tab. 15's comparison
+    mobius eval --export model_int8 --size 160   # an export folder through the runtime
     mobius eval --checkpoint m.safetensors --annotations instances_val2017.json \\
         --images val2017 --size 384 --tasks vocabulary,agnostic
 """
@@ -17,8 +18,15 @@ TASKS = ('vocabulary', 'agnostic', 'referring')
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         '--checkpoint', help='.safetensors checkpoint (default: the bundled demo model)'
+    )
+    source.add_argument(
+        '--export',
+        type=Path,
+        help='an export folder (`mobius export`, `mobius quantize`) evaluated through the '
+        "runtime on ONNX Runtime: its one-label numbers compare with a checkpoint's one_label/",
     )
     parser.add_argument(
         '--annotations', type=Path, help='COCO instances JSON (default: synthetic test scenes)'
@@ -67,9 +75,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f'unknown tasks {unknown}; choose from {TASKS}')
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint = _checkpoint_path(args.checkpoint)
-    model = load_checkpoint(checkpoint, device=args.device)
-    size = args.size or _trained_size(checkpoint)
+    if args.export is not None:
+        if args.pruning_study or args.equal_flops:
+            raise SystemExit('--pruning-study and --equal-flops need --checkpoint')
+        checkpoint, model = args.export, None
+        size = args.size or 160
+    else:
+        checkpoint = _checkpoint_path(args.checkpoint)
+        model = load_checkpoint(checkpoint, device=args.device)
+        size = args.size or _trained_size(checkpoint)
     if args.annotations is not None:
         if args.images is None:
             raise SystemExit('--annotations needs --images')
@@ -80,6 +94,17 @@ def run(args: argparse.Namespace) -> int:
         data = synthetic_eval_set(num_images=args.num, size=size, split=args.split, seed=args.seed)
         source = f'synthetic {args.split} split, {args.num} images at {size} px, seed {args.seed}'
     settings = EvalSettings(batch_size=args.batch_size, pruning_min_keep=args.min_keep)
+    if model is None:
+        from mobius_ros.train.eval_runtime import evaluate_export, open_export
+
+        with open_export(args.export) as segmenter:
+            results = evaluate_export(segmenter, data, tasks=tasks)
+        results = {'export': str(args.export), 'data': source, **results}
+        print(_summary({'checkpoint': str(args.export), **results}))
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + '\n')
+        return 0
     results = evaluate_model(
         model,
         data,

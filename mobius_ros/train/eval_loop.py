@@ -211,10 +211,10 @@ def evaluate_vocabulary(
     predictions = predict(
         model, data.samples, task=Task.VOCABULARY, settings=settings, pruning=pruning
     )
-    return _vocabulary_metrics(data, predictions), predictions
+    return vocabulary_metrics(data, predictions), predictions
 
 
-def _vocabulary_metrics(data: EvalSet, predictions: Sequence[Prediction]) -> dict[str, float]:
+def vocabulary_metrics(data: EvalSet, predictions: Sequence[Prediction]) -> dict[str, float]:
     detections = predictions_to_coco(
         predictions, [s.image_id for s in data.samples], data.category_ids
     )
@@ -229,7 +229,12 @@ def evaluate_agnostic(
         replace(s, phrases=('object',), labels=np.zeros_like(s.labels)) for s in data.samples
     ]
     predictions = predict(model, samples, task=Task.AGNOSTIC, settings=settings)
-    detections = _agnostic_detections(predictions, [s.image_id for s in samples])
+    return agnostic_metrics(data, predictions)
+
+
+def agnostic_metrics(data: EvalSet, predictions: Sequence[Prediction]) -> dict[str, float]:
+    """'agnostic/*' COCO metrics of class-agnostic predictions, one per sample of `data`."""
+    detections = _agnostic_detections(predictions, [s.image_id for s in data.samples])
     metrics = coco_evaluate(data.ground_truth, detections, use_categories=False)
     return {f'agnostic/{k}': v for k, v in metrics.items()}
 
@@ -262,6 +267,11 @@ def evaluate_referring(
     if not data.referring:
         return {}
     predictions = predict(model, data.referring, task=Task.REFERRING, settings=settings)
+    return referring_metrics_of(data, predictions)
+
+
+def referring_metrics_of(data: EvalSet, predictions: Sequence[Prediction]) -> dict[str, float]:
+    """'referring/*' metrics of one prediction per referring sample of `data`."""
     groups: dict[str, list[int]] = {'all': list(range(len(data.referring)))}
     for i, sample in enumerate(data.referring):
         meta = sample.meta or {}
@@ -446,9 +456,9 @@ def evaluate_model(
             task=Task.VOCABULARY,
             settings=(settings, replace(settings, labels_per_query=other)),
         )
-        results.update(_vocabulary_metrics(data, main))
+        results.update(vocabulary_metrics(data, main))
         prefix = 'one_label' if other == 'one' else 'all_labels'
-        results.update({f'{prefix}/{k}': v for k, v in _vocabulary_metrics(data, second).items()})
+        results.update({f'{prefix}/{k}': v for k, v in vocabulary_metrics(data, second).items()})
     if 'agnostic' in tasks:
         results.update(evaluate_agnostic(model, data, settings=settings))
     if 'referring' in tasks:

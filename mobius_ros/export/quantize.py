@@ -80,13 +80,18 @@ def record_feeds(
     encoder = exported.text_encoder(base) if has_text else None
     runners = exported.runners(factory)
     predictor = Predictor(
-        runners, input_size=exported.input_size, settings=PredictorSettings(score_threshold=0.3)
+        # Threshold 0: every decoder layer and the mask head run on every image (a frame with
+        # nothing above the threshold would skip them); the keep rule still prunes as at run time.
+        runners,
+        input_size=exported.input_size,
+        settings=PredictorSettings(score_threshold=0.0),
     )
     try:
         if text is None:
             text = TextInputs.from_batch(encoder.encode(list(phrases)))
         referring = None
-        if expression is not None and exported.has_referring and encoder is not None:
+        if exported.has_referring and encoder is not None:
+            expression = expression or phrases[0]  # the referring layers need calibrating too
             referring = TextInputs.from_batch(encoder.encode([expression]))
         for image in images:
             predictor.predict(image, text, phrases=phrases)
@@ -96,6 +101,9 @@ def record_feeds(
         predictor.close()
         if encoder is not None:
             encoder.close()
+    missing = [n for n in exported.meta['graphs'] if n not in feeds and _runs_per_frame(n)]
+    if missing:
+        raise ModelLoadError(f'calibration never ran graphs {missing} of {directory}')
     # The full graph takes the encoder's inputs.
     if 'full' in exported.meta['graphs']:
         feeds['full'] = feeds[io_spec.ENCODER]
@@ -126,6 +134,11 @@ def load_images(folder: str | Path, count: int) -> tuple[list[np.ndarray], int]:
             continue
         images.append(np.ascontiguousarray(bgr[..., ::-1]))
     return images, unreadable
+
+
+def _runs_per_frame(name: str) -> bool:
+    """Graphs the frame loop runs (not the text graph, not the full graph)."""
+    return name not in ('full', io_spec.TEXT_ENCODER_SPEC.name)
 
 
 class _Reader:
@@ -174,7 +187,8 @@ def quantize_export(
     Args:
         images: calibration images [H, W, 3] uint8 RGB (a few dozen of the robot's scenes).
         phrases: the vocabulary to calibrate with (e.g. the one the robot will run).
-        expression: a referring expression for the referring graphs, where exported.
+        expression: a referring expression for the referring graphs, where exported
+            (default: the first phrase).
         text: TextInputs of `phrases` for an export without a text graph.
 
     Raises:

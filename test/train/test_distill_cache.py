@@ -87,7 +87,7 @@ def test_second_pass_hits_the_cache_and_never_runs_the_teacher(tmp_path: Path) -
     teacher = tiny_teacher(tmp_path / 't.safetensors')
     counter = Counting(teacher)
     cache = TeacherCache(tmp_path / 'c', identity(teacher_identity(tmp_path / 't.safetensors')))
-    images = scenes(5) + [SourceImage('broken.png', None, 'not a decodable image')]
+    images = [*scenes(5), SourceImage('broken.png', None, 'not a decodable image')]
     first = label_images(teacher, images, cache, batch_size=2, progress=False)
     assert (first.labelled, first.cached, first.skipped) == (5, 0, 1)
     assert first.errors == ['broken.png: not a decodable image']

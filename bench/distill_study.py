@@ -83,7 +83,7 @@ def _run_info(directory: Path) -> dict[str, Any]:
     if report.is_file():
         data = json.loads(report.read_text())
         info['images'] = data['images']
-        info['teacher_labelling_seconds_first_run'] = data['teacher_seconds']
+        info['teacher_seconds_this_run'] = data['teacher_seconds']
     return info
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,7 +167,7 @@ def label_images(
     return summary
 
 
-def _bar(total: int | None, enabled: bool):  # tqdm | None
+def _bar(total: int | None, enabled: bool) -> Any:  # tqdm | None
     if not enabled:
         return None
     from tqdm import tqdm

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'flops': ('flops', 'per-component FLOPs table of a variant (paper Tab. 10-12)'),
     'synth': ('synth', 'generate a synthetic open-vocabulary scene dataset (COCO format)'),
     'train': ('train', 'train a MOBIUS model'),
+    'distill': ('distill', 'teach a smaller student from a teacher on unlabelled images or bags'),
     'convert-glee': ('convert_glee', "convert GLEE's released checkpoints into ours"),
     'eval': ('eval', 'evaluate a model: COCO AP, agnostic AR, referring P@0.5, pruning study'),
     'export': ('export', 'export split and full ONNX graphs (and the text encoder)'),

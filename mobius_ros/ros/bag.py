@@ -272,6 +272,56 @@ def write_images(
     return Path(bag)
 
 
+def read_images(
+    bag: Path, topic: str, *, every: int = 1
+) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    """Every `every`-th frame of an Image or CompressedImage topic as (log time ns, rgb, error).
+
+    A frame that does not decode yields (time, None, reason) so the caller can count it.
+
+    Raises:
+        BagError: unreadable bag, or no image topic of that name.
+    """
+    from rosbags.rosbag2 import Reader
+
+    if every < 1:
+        raise BagError(f'every must be >= 1, got {every}')
+    typestore = make_typestore()
+    try:
+        reader = Reader(Path(bag))
+    except Exception as error:  # rosbags raises several types for unreadable bags
+        raise BagError(f'cannot read {bag}: {error}') from error
+    with reader:
+        connections = [c for c in reader.connections if c.topic == topic]
+        if not connections or connections[0].msgtype not in (IMAGE, COMPRESSED):
+            found = sorted({f'{c.topic} ({c.msgtype})' for c in reader.connections})
+            raise BagError(
+                f'no Image or CompressedImage topic {topic!r} in {bag};'
+                f' topics: {", ".join(found) or "none"}'
+            )
+        msgtype = connections[0].msgtype
+        for count, (_, timestamp, raw) in enumerate(reader.messages(connections=connections)):
+            if count % every:
+                continue
+            try:
+                msg = typestore.deserialize_cdr(raw, msgtype)
+                yield timestamp, message_to_rgb(msg, compressed=msgtype == COMPRESSED), ''
+            except ImageError as error:
+                yield timestamp, None, str(error)
+
+
+def bag_frame_count(bag: Path, topic: str) -> int:
+    """Messages on `topic` in `bag` (0 when the topic is absent)."""
+    from rosbags.rosbag2 import Reader
+
+    try:
+        reader = Reader(Path(bag))
+    except Exception as error:
+        raise BagError(f'cannot read {bag}: {error}') from error
+    with reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
 def read_outputs(bag: Path, topic: str) -> list[tuple[int, Any]]:
     """(log time ns, message) of one topic of a bag written by `process_bag` (for checks)."""
     from rosbags.rosbag2 import Reader

@@ -57,13 +57,23 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weights = weights
 
-    def forward(self, output: MobiusOutput, targets: Sequence[Target]) -> dict[str, Tensor]:
+    def forward(
+        self,
+        output: MobiusOutput,
+        targets: Sequence[Target],
+        *,
+        final_matches: Sequence[Match] | None = None,
+    ) -> dict[str, Tensor]:
         """Losses of one batch.
 
         Args:
             output: the model's training output; every layer carries masks [B, Q, H/4, W/4].
             targets: per image `labels` [n], `boxes` [n, 4] cxcywh normalised to the input
-                tensor, optionally `masks` [n, H, W] bool at input-tensor resolution.
+                tensor, optionally `masks` [n, H, W] bool at input-tensor resolution and
+                `class_targets` [n, K] float in [0, 1]: soft class targets (a teacher's scores)
+                that replace the one-hot of `labels` in the class loss.
+            final_matches: the final layer's matching, when the caller already computed it
+                (distillation reuses it for its own terms).
 
         Returns:
             'loss' (the total to backpropagate) and the weighted sum of each component over all
@@ -76,7 +86,10 @@ class SetCriterion(nn.Module):
         totals = {name: torch.zeros((), device=device) for name in COMPONENTS}
 
         final = output.layers[-1]
-        final_matches = self.matcher(final.logits, final.boxes, final.masks, targets)
+        if final_matches is None:
+            final_matches = self.matcher(final.logits, final.boxes, final.masks, targets)
+        else:
+            final_matches = [(i.to(device), j.to(device)) for i, j in final_matches]
         calibration_target = self._calibration_target(final, targets, final_matches)
         supervised = [(layer, None) for layer in output.layers[:-1]]
         supervised += [(final, final_matches), (output.proposals, None)]
@@ -106,8 +119,12 @@ class SetCriterion(nn.Module):
         logits = layer.logits.float()
         batch_idx, query_idx = _flat_query_index(matches)
         onehot = torch.zeros_like(logits)
-        labels = torch.cat([t['labels'][j] for t, (_, j) in zip(targets, matches)])
-        onehot[batch_idx, query_idx, labels] = 1.0
+        if targets and all('class_targets' in t for t in targets):
+            soft = torch.cat([t['class_targets'][j] for t, (_, j) in zip(targets, matches)])
+            onehot[batch_idx, query_idx] = soft.to(onehot)
+        else:
+            labels = torch.cat([t['labels'][j] for t, (_, j) in zip(targets, matches)])
+            onehot[batch_idx, query_idx, labels] = 1.0
         focal = sigmoid_focal_loss(logits, onehot, w.focal_alpha, w.focal_gamma)
         losses = {'class': w.class_weight * focal.sum() / num_boxes}
 

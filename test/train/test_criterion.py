@@ -140,3 +140,17 @@ def test_calibration_targets_the_final_mask_iou() -> None:
     underconfident = criterion(_output([timid], timid), targets)['calibration']
     assert calibrated.item() < 0.01
     assert overconfident.item() > 1.0 and underconfident.item() > 1.0
+
+
+def test_soft_class_targets_replace_the_one_hot() -> None:
+    targets = _targets()
+    layers = [_layer(targets, perfect=True)]
+    proposals = _layer(targets, perfect=True)
+    hard = _criterion()(_output(layers, proposals), targets)
+    onehot = torch.nn.functional.one_hot(targets[0]['labels'], K).float()
+    same = _criterion()(_output(layers, proposals), [{**targets[0], 'class_targets': onehot}])
+    assert same['class'].item() == pytest.approx(hard['class'].item(), rel=1e-6)
+    # The perfect queries are certain of their class: a teacher that is only half sure of it
+    # makes them overconfident, so the class loss grows.
+    unsure = [{**targets[0], 'class_targets': onehot * 0.5}]
+    assert _criterion()(_output(layers, proposals), unsure)['class'] > hard['class'] + 0.1

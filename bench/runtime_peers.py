@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs='*',
         default=[
             'MOBIUS-mobile-lite',
-            'MOBIUS-mobile-lite@pixel_decoder.fpn_conv=separable',
+            'MOBIUS-mobile-fast',
             'MOBIUS-MNv4-conv-S',
         ],
         help="variants, optionally with overrides: 'VARIANT@part.field=value,...'",

@@ -101,6 +101,12 @@ def test_variant_table_follows_the_paper() -> None:
         3,
         100,
     )
+    fast = VARIANTS['MOBIUS-mobile-fast']
+    assert fast == lite.replace(
+        name='MOBIUS-mobile-fast',
+        pixel_decoder={'num_layers': 1, 'fpn_conv': 'separable'},
+        decoder={'num_layers': 3},
+    )
     glee = VARIANTS['GLEE-R50']
     assert glee.pixel_decoder.encoder_strides == (8, 16, 32, 64)
     assert glee.decoder.multi_scale and glee.decoder.num_layers == 9

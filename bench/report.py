@@ -17,6 +17,7 @@ from typing import Any
 from bench.common import RESULTS_DIR
 
 COMMANDS = {
+    'runtime_peers': 'python -m bench.runtime_peers',
     'peers': 'python -m bench.peers',
     'pruning': 'python -m bench.pruning',
     'budget_curve': 'python -m bench.budget_curve',
@@ -101,6 +102,38 @@ def render_peers(payload: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def render_runtime_peers(payload: Mapping[str, Any]) -> list[str]:
+    """ONNX graph against ONNX graph on ONNX Runtime: latency and the paired ratio."""
+    reference = payload.get('reference') or 'reference (missing)'
+    header = [
+        'graph',
+        'graph MB',
+        'median ms',
+        'p95 ms',
+        f'x {reference}',
+        'x (fastest runs)',
+        'text',
+    ]
+    rows = []
+    for entry in payload['results']:
+        if entry.get('status') != 'ok':
+            continue
+        # Our entries name the path they time (full graph or split graphs); peers do not.
+        name = f'**{entry["name"]}**' if entry.get('path') else entry['name']
+        rows.append(
+            [
+                name,
+                _fmt(entry.get('graph_mb')),
+                _fmt(entry['median_ms']),
+                _fmt(entry['p95_ms']),
+                _fmt(entry.get('ratio_to_reference'), 2),
+                _fmt(entry.get('ratio_min_to_reference'), 2),
+                _fmt(entry.get('text')),
+            ]
+        )
+    return _table(header, rows + _skipped_rows(payload['results'], len(header)))
+
+
 def render_pruning(payload: Mapping[str, Any]) -> list[str]:
     """Full graph vs split vs split + pruned vs GLEE-style, per variant, with ratios."""
     header = [
@@ -170,6 +203,7 @@ def render_budget_curve(payload: Mapping[str, Any]) -> list[str]:
 
 
 SECTIONS = (
+    ('runtime_peers', 'Same runtime: ONNX graphs on ONNX Runtime', render_runtime_peers),
     ('peers', 'Peers (random weights, network forward only)', render_peers),
     ('pruning', 'Query pruning: full graph vs split + pruned vs GLEE-style', render_pruning),
     ('budget_curve', 'Latency budget controller', render_budget_curve),

@@ -15,6 +15,7 @@ REPEATS=10; FRAMES=40; SETTLE=10
 if [[ "${1:-}" == "--quick" ]]; then REPEATS=3; FRAMES=16; SETTLE=6; fi
 
 start=$(date +%s)
+$PY -m bench.runtime_peers --repeats "$(( REPEATS * 3 ))"
 $PY -m bench.peers --repeats "$REPEATS"
 $PY -m bench.pruning --repeats "$REPEATS"
 $PY -m bench.budget_curve --frames "$FRAMES" --settle "$SETTLE"

@@ -100,13 +100,12 @@ VARIANTS: dict[str, MobiusConfig] = {
     ),
 }
 # MOBIUS-mobile-fast: mobile-lite cut where the ONNX Runtime profile says its time goes (README
-# "Performance"): separable FPN output convolutions at stride 4, one bottleneck encoder layer
-# instead of three and three decoder layers instead of six. At 384x512 on ONNX Runtime it runs
-# at YOLOv8n-seg's latency; bench/results/runtime_peers_ablation.json measures each cut.
+# "Performance"): separable FPN output convolutions at stride 4 and one bottleneck encoder layer
+# instead of three; the decoder keeps its six layers, since cutting decoder layers cost the demo
+# task 3.6-5.5 mask AP while these two cuts together cost 1.8 (docs/studies/fpn_*.eval.json).
 VARIANTS['MOBIUS-mobile-fast'] = VARIANTS['MOBIUS-mobile-lite'].replace(
     name='MOBIUS-mobile-fast',
     pixel_decoder={'num_layers': 1, 'fpn_conv': 'separable'},
-    decoder={'num_layers': 3},
 )
 # GLEE-Plus: GLEE-Lite's encoder, decoder and text tower on a Swin-L trunk (window 12).
 VARIANTS['GLEE-Plus'] = VARIANTS['GLEE-Lite'].replace(

@@ -60,6 +60,39 @@ def _peers() -> dict[str, Any]:
     }
 
 
+def _runtime_peers() -> dict[str, Any]:
+    return {
+        'benchmark': 'runtime_peers',
+        'description': 'Graph against graph.',
+        'input_hw': [384, 512],
+        'reference': 'YOLOv8n-seg',
+        'environment': ENV,
+        'results': [
+            {
+                'name': 'YOLOv8n-seg',
+                'status': 'ok',
+                'graph_mb': 13.75,
+                'median_ms': 62.45,
+                'p95_ms': 70.0,
+                'ratio_to_reference': 1.0,
+                'ratio_min_to_reference': 1.0,
+                'text': 'closed-set (80 classes)',
+            },
+            {
+                'name': 'MOBIUS-mobile-fast (full graph)',
+                'status': 'ok',
+                'path': 'full graph',
+                'graph_mb': 25.25,
+                'median_ms': 57.7,
+                'p95_ms': 66.0,
+                'ratio_to_reference': 0.9241,
+                'ratio_min_to_reference': 0.979,
+                'text': 'open vocabulary, cached',
+            },
+        ],
+    }
+
+
 def _pruning() -> dict[str, Any]:
     return {
         'benchmark': 'pruning',
@@ -138,6 +171,16 @@ def test_peers_table_carries_numbers_and_ratios_from_json() -> None:
     assert 'Fixture CPU 9000, 2 threads, input 384x512' in report
 
 
+def test_runtime_peers_table_comes_first_with_ratios_to_the_peer() -> None:
+    report = build_report({'runtime_peers': _runtime_peers(), 'peers': _peers()})
+    (ours,) = _rows(report, '**MOBIUS-mobile-fast (full graph)**')
+    assert ours[1:] == ['25.2', '57.7', '66.0', '0.92', '0.98', 'open vocabulary, cached']
+    (yolo, _) = _rows(report, 'YOLOv8n-seg')
+    assert yolo[1] == '13.8' and yolo[4] == '1.00'
+    assert 'x YOLOv8n-seg' in report and 'Graph against graph.' in report
+    assert report.index('## Same runtime') < report.index('## Peers')
+
+
 def test_skipped_entries_keep_their_reason_and_stay_one_row() -> None:
     report = build_report({'peers': _peers(), 'pruning': _pruning()})
     (omdet,) = _rows(report, 'OmDet-Turbo-T')
@@ -161,7 +204,7 @@ def test_pruning_and_budget_tables() -> None:
 
 def test_missing_results_say_how_to_make_them() -> None:
     report = build_report({})
-    for command in ('bench.peers', 'bench.pruning', 'bench.budget_curve'):
+    for command in ('bench.runtime_peers', 'bench.peers', 'bench.pruning', 'bench.budget_curve'):
         assert f'Not measured yet: run `python -m {command}`.' in report
 
 

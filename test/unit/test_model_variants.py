@@ -105,7 +105,6 @@ def test_variant_table_follows_the_paper() -> None:
     assert fast == lite.replace(
         name='MOBIUS-mobile-fast',
         pixel_decoder={'num_layers': 1, 'fpn_conv': 'separable'},
-        decoder={'num_layers': 3},
     )
     glee = VARIANTS['GLEE-R50']
     assert glee.pixel_decoder.encoder_strides == (8, 16, 32, 64)

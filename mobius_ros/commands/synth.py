@@ -37,6 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--size', type=_size, default=(128, 128), metavar='N|HxW')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--max-objects', type=int, default=6)
+    parser.add_argument(
+        '--colour-sampling',
+        choices=['fixed', 'hsv'],
+        default='fixed',
+        help="'fixed': one RGB value per colour name (the default scenes); 'hsv': uniform over"
+        ' the HSV region each name covers (COLOUR_REGIONS in mobius_ros/train/data/synthetic.py)',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.num < 1 or args.max_objects < 1:
         print('mobius synth: --num and --max-objects must be >= 1')
         return 2
-    config = SynthConfig(image_hw=args.size, max_objects=args.max_objects)
+    config = SynthConfig(
+        image_hw=args.size, max_objects=args.max_objects, colour_sampling=args.colour_sampling
+    )
     for split in args.split:
         start = time.perf_counter()
         paths = write_split(args.out, split=split, num=args.num, seed=args.seed, config=config)

@@ -161,3 +161,35 @@ def test_relation_expressions_are_unique_in_the_loose_reading_too() -> None:
                     and _relation_holds(inst, anchor, relation, 0.05 * 256, dominant=False)
                 ]  # fmt: skip
                 assert not rivals, (expr, [r.phrases for r in rivals])
+
+
+def test_hsv_colour_sampling_stays_inside_each_name() -> None:
+    import colorsys
+
+    from mobius_ros.train.data.synthetic import COLOUR_REGIONS, hue_in
+
+    config = SynthConfig(image_hw=(96, 96), colour_sampling='hsv')
+    seen: dict[str, set[tuple[int, int, int]]] = {}
+    for index in range(60):
+        scene = generate_scene(scene_rng(3, 'train', index), split='train', config=config)
+        for inst in scene.instances:
+            if inst.texture != 'solid' or not inst.mask.any():
+                continue
+            rgb = scene.image[inst.mask][0]
+            assert (scene.image[inst.mask] == rgb).all()
+            h, s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
+            (band, (s_lo, s_hi), (v_lo, v_hi)) = COLOUR_REGIONS[inst.colour]
+            assert hue_in(h * 360.0 + 0.0, (band[0] - 1.5, band[1] + 1.5)), (inst.colour, h * 360)
+            assert s_lo - 0.03 <= s <= s_hi + 0.03 and v_lo - 0.01 <= v <= v_hi + 0.01
+            # and no other name claims it
+            others = [n for n, r in COLOUR_REGIONS.items() if n != inst.colour]
+            assert not any(hue_in(h * 360.0, COLOUR_REGIONS[n][0]) for n in others)
+            seen.setdefault(inst.colour, set()).add(tuple(int(c) for c in rgb))
+    assert len(seen) >= 6 and all(len(values) > 1 for values in seen.values())
+
+
+def test_colour_sampling_rejects_unknown_mode() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match='colour_sampling'):
+        SynthConfig(colour_sampling='rainbow')

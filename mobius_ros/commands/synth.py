@@ -38,6 +38,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--max-objects', type=int, default=6)
     parser.add_argument(
+        '--background-photos',
+        type=Path,
+        default=None,
+        metavar='DIR',
+        help='folder of photos (e.g. <data-root>/coco128/train2017): half the scenes get a'
+        ' random crop of one, flipped at random, as background',
+    )
+    parser.add_argument(
         '--colour-sampling',
         choices=['fixed', 'hsv'],
         default='fixed',
@@ -46,14 +54,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _photos(folder: Path | None) -> tuple[str, ...]:
+    if folder is None:
+        return ()
+    photos = tuple(
+        str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in ('.jpg', '.jpeg', '.png')
+    )
+    if not photos:
+        raise ValueError(f'--background-photos {folder}: no .jpg/.jpeg/.png files there')
+    return photos
+
+
 def run(args: argparse.Namespace) -> int:
     from mobius_ros.train.data.synthetic import SynthConfig, write_split
 
     if args.num < 1 or args.max_objects < 1:
         print('mobius synth: --num and --max-objects must be >= 1')
         return 2
+    try:
+        photos = _photos(args.background_photos)
+    except (OSError, ValueError) as error:
+        print(f'mobius synth: {error}')
+        return 2
     config = SynthConfig(
-        image_hw=args.size, max_objects=args.max_objects, colour_sampling=args.colour_sampling
+        image_hw=args.size,
+        max_objects=args.max_objects,
+        colour_sampling=args.colour_sampling,
+        background_photos=photos,
     )
     for split in args.split:
         start = time.perf_counter()

@@ -193,3 +193,31 @@ def test_colour_sampling_rejects_unknown_mode() -> None:
 
     with pytest.raises(ValueError, match='colour_sampling'):
         SynthConfig(colour_sampling='rainbow')
+
+
+def test_photo_backgrounds_are_crops_of_the_given_files(tmp_path: Path) -> None:
+    import cv2
+    import pytest
+
+    photo = np.zeros((200, 300, 3), np.uint8)
+    photo[:, :150] = (0, 0, 255)  # BGR red left half, blue right half
+    photo[:, 150:] = (255, 0, 0)
+    cv2.imwrite(str(tmp_path / 'p.png'), photo)
+    config = SynthConfig(
+        image_hw=(64, 64), background_photos=(str(tmp_path / 'p.png'),), photo_probability=1.0
+    )
+    kinds = set()
+    for index in range(10):
+        scene = generate_scene(scene_rng(0, 'train', index), split='train', config=config)
+        assert scene.background == 'photo'
+        free = ~np.any([inst.mask for inst in scene.instances], axis=0)
+        pixels = scene.image[free]
+        # background pixels come from the photo: pure red or pure blue (or their blend at the seam)
+        assert (pixels[:, 1] == 0).all()
+        kinds.add((pixels[:, 0] > 128).mean().round(1))
+    assert len(kinds) > 1  # crops differ
+    with pytest.raises(ValueError, match='cannot be read'):
+        bad = SynthConfig(
+            background_photos=(str(tmp_path / 'missing.png'),), photo_probability=1.0
+        )
+        generate_scene(scene_rng(0, 'train', 0), split='train', config=bad)

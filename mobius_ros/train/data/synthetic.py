@@ -84,6 +84,11 @@ class SynthConfig:
     # 'fixed': one RGB value per name (`COLOURS`, jittered); 'hsv': uniform over the name's
     # region (`COLOUR_REGIONS`). 'fixed' draws the same scenes as before the option existed.
     colour_sampling: str = 'fixed'
+    # photo backgrounds (e.g. COCO128 images read from a data root, never downloaded): with
+    # probability `photo_probability` a scene's background is a random crop of one of these
+    # files, flipped at random; none given draws the same scenes as before the option existed
+    background_photos: tuple[str, ...] = ()
+    photo_probability: float = 0.5
 
     def __post_init__(self) -> None:
         if self.colour_sampling not in ('fixed', 'hsv'):
@@ -226,6 +231,27 @@ def _background(rng: np.random.Generator, kind: str, image_hw: tuple[int, int]) 
     return image
 
 
+def photo_background(
+    rng: np.random.Generator, photos: tuple[str, ...], image_hw: tuple[int, int]
+) -> np.ndarray:
+    """A random crop (30-100 % of the shorter side, any position) of a random photo, flipped
+    left-right half the time, resized to `image_hw`; RGB uint8."""
+    path = photos[int(rng.integers(len(photos)))]
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f'background photo {path} cannot be read as an image')
+    ph, pw = bgr.shape[:2]
+    h, w = image_hw
+    scale = rng.uniform(0.3, 1.0) * min(ph / h, pw / w)
+    ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
+    y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+    crop = bgr[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    crop = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
 def _paint(
     rng: np.random.Generator,
     image: np.ndarray,
@@ -288,8 +314,12 @@ def generate_scene(
     from mobius_ros.train.data.synthetic_expressions import referring_expressions
 
     h, w = config.image_hw
-    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    image = _background(rng, background, (h, w))
+    if config.background_photos and rng.random() < config.photo_probability:
+        background = 'photo'
+        image = photo_background(rng, config.background_photos, (h, w))
+    else:
+        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+        image = _background(rng, background, (h, w))
     instances: list[Instance] = []
     full_areas: list[int] = []
     for _ in range(int(rng.integers(config.min_objects, config.max_objects + 1))):

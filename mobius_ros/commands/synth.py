@@ -37,6 +37,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--size', type=_size, default=(128, 128), metavar='N|HxW')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--max-objects', type=int, default=6)
+    parser.add_argument(
+        '--background-photos',
+        type=Path,
+        default=None,
+        metavar='DIR',
+        help='folder of photos (e.g. <data-root>/coco128/train2017): half the scenes get a'
+        ' random crop of one, flipped at random, as background',
+    )
+    parser.add_argument(
+        '--colour-sampling',
+        choices=['fixed', 'hsv'],
+        default='fixed',
+        help="'fixed': one RGB value per colour name (the default scenes); 'hsv': uniform over"
+        ' the HSV region each name covers (COLOUR_REGIONS in mobius_ros/train/data/synthetic.py)',
+    )
+
+
+def _photos(folder: Path | None) -> tuple[str, ...]:
+    if folder is None:
+        return ()
+    photos = tuple(
+        str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in ('.jpg', '.jpeg', '.png')
+    )
+    if not photos:
+        raise ValueError(f'--background-photos {folder}: no .jpg/.jpeg/.png files there')
+    return photos
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +71,17 @@ def run(args: argparse.Namespace) -> int:
     if args.num < 1 or args.max_objects < 1:
         print('mobius synth: --num and --max-objects must be >= 1')
         return 2
-    config = SynthConfig(image_hw=args.size, max_objects=args.max_objects)
+    try:
+        photos = _photos(args.background_photos)
+    except (OSError, ValueError) as error:
+        print(f'mobius synth: {error}')
+        return 2
+    config = SynthConfig(
+        image_hw=args.size,
+        max_objects=args.max_objects,
+        colour_sampling=args.colour_sampling,
+        background_photos=photos,
+    )
     for split in args.split:
         start = time.perf_counter()
         paths = write_split(args.out, split=split, num=args.num, seed=args.seed, config=config)

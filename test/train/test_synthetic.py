@@ -161,3 +161,63 @@ def test_relation_expressions_are_unique_in_the_loose_reading_too() -> None:
                     and _relation_holds(inst, anchor, relation, 0.05 * 256, dominant=False)
                 ]  # fmt: skip
                 assert not rivals, (expr, [r.phrases for r in rivals])
+
+
+def test_hsv_colour_sampling_stays_inside_each_name() -> None:
+    import colorsys
+
+    from mobius_ros.train.data.synthetic import COLOUR_REGIONS, hue_in
+
+    config = SynthConfig(image_hw=(96, 96), colour_sampling='hsv')
+    seen: dict[str, set[tuple[int, int, int]]] = {}
+    for index in range(60):
+        scene = generate_scene(scene_rng(3, 'train', index), split='train', config=config)
+        for inst in scene.instances:
+            if inst.texture != 'solid' or not inst.mask.any():
+                continue
+            rgb = scene.image[inst.mask][0]
+            assert (scene.image[inst.mask] == rgb).all()
+            h, s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
+            (band, (s_lo, s_hi), (v_lo, v_hi)) = COLOUR_REGIONS[inst.colour]
+            assert hue_in(h * 360.0 + 0.0, (band[0] - 1.5, band[1] + 1.5)), (inst.colour, h * 360)
+            assert s_lo - 0.03 <= s <= s_hi + 0.03 and v_lo - 0.01 <= v <= v_hi + 0.01
+            # and no other name claims it
+            others = [n for n, r in COLOUR_REGIONS.items() if n != inst.colour]
+            assert not any(hue_in(h * 360.0, COLOUR_REGIONS[n][0]) for n in others)
+            seen.setdefault(inst.colour, set()).add(tuple(int(c) for c in rgb))
+    assert len(seen) >= 6 and all(len(values) > 1 for values in seen.values())
+
+
+def test_colour_sampling_rejects_unknown_mode() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match='colour_sampling'):
+        SynthConfig(colour_sampling='rainbow')
+
+
+def test_photo_backgrounds_are_crops_of_the_given_files(tmp_path: Path) -> None:
+    import cv2
+    import pytest
+
+    photo = np.zeros((200, 300, 3), np.uint8)
+    photo[:, :150] = (0, 0, 255)  # BGR red left half, blue right half
+    photo[:, 150:] = (255, 0, 0)
+    cv2.imwrite(str(tmp_path / 'p.png'), photo)
+    config = SynthConfig(
+        image_hw=(64, 64), background_photos=(str(tmp_path / 'p.png'),), photo_probability=1.0
+    )
+    kinds = set()
+    for index in range(10):
+        scene = generate_scene(scene_rng(0, 'train', index), split='train', config=config)
+        assert scene.background == 'photo'
+        free = ~np.any([inst.mask for inst in scene.instances], axis=0)
+        pixels = scene.image[free]
+        # background pixels come from the photo: pure red or pure blue (or their blend at the seam)
+        assert (pixels[:, 1] == 0).all()
+        kinds.add((pixels[:, 0] > 128).mean().round(1))
+    assert len(kinds) > 1  # crops differ
+    with pytest.raises(ValueError, match='cannot be read'):
+        bad = SynthConfig(
+            background_photos=(str(tmp_path / 'missing.png'),), photo_probability=1.0
+        )
+        generate_scene(scene_rng(0, 'train', 0), split='train', config=bad)

@@ -44,6 +44,20 @@ COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, saturated so names are unam
     'pink': (245, 120, 190),
     'cyan': (40, 205, 215),
 }
+# `SynthConfig.colour_sampling='hsv'`: each name covers a region of HSV space (hue in degrees,
+# half-open [lo, hi), wrapping past 360; saturation and value in [0, 1]). Hue bands are disjoint
+# and separated by unsampled gaps, so no drawn colour lies near the boundary between two names:
+# a hue in a gap has no name and is never drawn.
+COLOUR_REGIONS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
+    'red': ((350.0, 12.0), (0.6, 1.0), (0.5, 1.0)),
+    'orange': ((20.0, 38.0), (0.7, 1.0), (0.7, 1.0)),
+    'yellow': ((48.0, 62.0), (0.6, 1.0), (0.75, 1.0)),
+    'green': ((95.0, 145.0), (0.5, 1.0), (0.4, 1.0)),
+    'cyan': ((175.0, 195.0), (0.55, 1.0), (0.6, 1.0)),
+    'blue': ((212.0, 245.0), (0.6, 1.0), (0.45, 1.0)),
+    'purple': ((268.0, 292.0), (0.5, 1.0), (0.4, 0.9)),
+    'pink': ((312.0, 338.0), (0.3, 0.6), (0.8, 1.0)),
+}
 SIZES: tuple[str, ...] = ('small', 'large')
 TEXTURES: tuple[str, ...] = ('solid', 'striped', 'dotted')
 BACKGROUNDS: tuple[str, ...] = ('noise', 'gradient', 'clutter')
@@ -67,6 +81,20 @@ class SynthConfig:
     min_visible: float = 0.6  # drop placements that hide more of an object than this allows
     held_out_probability: float = 0.3  # test split: chance to draw a held-out combination
     synonym_probability: float = 0.5  # test split: chance to name a colour by its synonym
+    # 'fixed': one RGB value per name (`COLOURS`, jittered); 'hsv': uniform over the name's
+    # region (`COLOUR_REGIONS`). 'fixed' draws the same scenes as before the option existed.
+    colour_sampling: str = 'fixed'
+    # photo backgrounds (e.g. COCO128 images read from a data root, never downloaded): with
+    # probability `photo_probability` a scene's background is a random crop of one of these
+    # files, flipped at random; none given draws the same scenes as before the option existed
+    background_photos: tuple[str, ...] = ()
+    photo_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.colour_sampling not in ('fixed', 'hsv'):
+            raise ValueError(
+                f"colour_sampling must be 'fixed' or 'hsv', got {self.colour_sampling!r}"
+            )
 
 
 @dataclass
@@ -156,6 +184,28 @@ def shape_mask(
     return mask.astype(bool)
 
 
+def hue_in(hue: float, band: tuple[float, float]) -> bool:
+    """Whether `hue` (degrees) lies in the half-open band [lo, hi), which may wrap past 360."""
+    lo, hi = band
+    hue %= 360.0
+    return lo <= hue < hi if lo < hi else hue >= lo or hue < hi
+
+
+def sample_colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
+    """An RGB colour drawn uniformly from the HSV region `COLOUR_REGIONS[name]`."""
+    (lo, hi), (s_lo, s_hi), (v_lo, v_hi) = COLOUR_REGIONS[name]
+    width = (hi - lo) % 360.0
+    hue = (lo + rng.uniform(0.0, width)) % 360.0
+    sat, val = rng.uniform(s_lo, s_hi), rng.uniform(v_lo, v_hi)
+    # HSV -> RGB (the standard hexcone formula)
+    c = val * sat
+    x = c * (1 - abs((hue / 60.0) % 2 - 1))
+    sector = int(hue // 60) % 6
+    r, g, b = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][sector]
+    m = val - c
+    return tuple(round((v + m) * 255) for v in (r, g, b))
+
+
 def _background(rng: np.random.Generator, kind: str, image_hw: tuple[int, int]) -> np.ndarray:
     """Low-saturation backgrounds, so no background pixel looks like a named colour."""
     h, w = image_hw
@@ -181,6 +231,27 @@ def _background(rng: np.random.Generator, kind: str, image_hw: tuple[int, int]) 
     return image
 
 
+def photo_background(
+    rng: np.random.Generator, photos: tuple[str, ...], image_hw: tuple[int, int]
+) -> np.ndarray:
+    """A random crop (30-100 % of the shorter side, any position) of a random photo, flipped
+    left-right half the time, resized to `image_hw`; RGB uint8."""
+    path = photos[int(rng.integers(len(photos)))]
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f'background photo {path} cannot be read as an image')
+    ph, pw = bgr.shape[:2]
+    h, w = image_hw
+    scale = rng.uniform(0.3, 1.0) * min(ph / h, pw / w)
+    ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
+    y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+    crop = bgr[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    crop = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
 def _paint(
     rng: np.random.Generator,
     image: np.ndarray,
@@ -188,6 +259,7 @@ def _paint(
     *,
     texture: str,
     colour: tuple[int, int, int],
+    jitter: float = 12.0,
 ) -> None:
     """Fill `mask` in `image` (in place); stripes and dots stay within the colour's name.
 
@@ -195,7 +267,9 @@ def _paint(
     """
     x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
     crop = mask[y : y + h, x : x + w]
-    base = np.clip(np.asarray(colour, np.float32) + rng.uniform(-12, 12, 3), 0, 255)
+    base = np.asarray(colour, np.float32)
+    if jitter:
+        base = np.clip(base + rng.uniform(-jitter, jitter, 3), 0, 255)
     region = image[y : y + h, x : x + w]
     if texture == 'solid':
         region[crop] = base.astype(np.uint8)
@@ -240,8 +314,12 @@ def generate_scene(
     from mobius_ros.train.data.synthetic_expressions import referring_expressions
 
     h, w = config.image_hw
-    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    image = _background(rng, background, (h, w))
+    if config.background_photos and rng.random() < config.photo_probability:
+        background = 'photo'
+        image = photo_background(rng, config.background_photos, (h, w))
+    else:
+        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+        image = _background(rng, background, (h, w))
     instances: list[Instance] = []
     full_areas: list[int] = []
     for _ in range(int(rng.integers(config.min_objects, config.max_objects + 1))):
@@ -261,7 +339,10 @@ def generate_scene(
                 break
         else:
             continue
-        _paint(rng, image, mask, texture=texture, colour=COLOURS[colour])
+        if config.colour_sampling == 'hsv':
+            _paint(rng, image, mask, texture=texture, colour=sample_colour(rng, colour), jitter=0)
+        else:
+            _paint(rng, image, mask, texture=texture, colour=COLOURS[colour])
         for inst in instances:
             inst.mask &= ~mask
         instances.append(Instance(shape, colour, size, texture, mask, held_out))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,63 +67,33 @@ def _skipped_rows(results: Sequence[Mapping[str, Any]], width: int) -> list[list
     return rows
 
 
-def render_peers(payload: Mapping[str, Any]) -> list[str]:
-    """Peers next to MOBIUS: latency and the paired ratio to the reference model."""
+def _latency_table(
+    payload: Mapping[str, Any],
+    columns: tuple[str, str, str, str],
+    is_ours: Callable[[Mapping[str, Any]], bool],
+) -> list[str]:
+    """Latency rows with the paired ratio to the reference; `columns` names the first column,
+    the size column, the size field of an entry and the text column."""
+    first, size_header, size_key, text_header = columns
     reference = payload.get('reference') or 'reference (missing)'
     header = [
-        'model',
-        'params (M)',
+        first,
+        size_header,
         'median ms',
         'p95 ms',
         f'x {reference}',
         'x (fastest runs)',
-        'text per frame',
+        text_header,
     ]
     rows = []
     for entry in payload['results']:
         if entry.get('status') != 'ok':
             continue
-        name = f'**{entry["name"]}**' if entry.get('kind') == 'ours' else entry['name']
+        name = f'**{entry["name"]}**' if is_ours(entry) else entry['name']
         rows.append(
             [
                 name,
-                _fmt(entry.get('params_m')),
-                _fmt(entry['median_ms']),
-                _fmt(entry['p95_ms']),
-                _fmt(entry.get('ratio_to_reference'), 2),
-                _fmt(entry.get('ratio_min_to_reference'), 2),
-                _fmt(entry.get('text')),
-            ]
-        )
-    lines = _table(header, rows + _skipped_rows(payload['results'], len(header)))
-    if payload.get('reference_missing_reason'):
-        lines.append('')
-        lines.append(f'No ratios: {payload["reference_missing_reason"]}.')
-    return lines
-
-
-def render_runtime_peers(payload: Mapping[str, Any]) -> list[str]:
-    """ONNX graph against ONNX graph on ONNX Runtime: latency and the paired ratio."""
-    reference = payload.get('reference') or 'reference (missing)'
-    header = [
-        'graph',
-        'graph MB',
-        'median ms',
-        'p95 ms',
-        f'x {reference}',
-        'x (fastest runs)',
-        'text',
-    ]
-    rows = []
-    for entry in payload['results']:
-        if entry.get('status') != 'ok':
-            continue
-        # Our entries name the path they time (full graph or split graphs); peers do not.
-        name = f'**{entry["name"]}**' if entry.get('path') else entry['name']
-        rows.append(
-            [
-                name,
-                _fmt(entry.get('graph_mb')),
+                _fmt(entry.get(size_key)),
                 _fmt(entry['median_ms']),
                 _fmt(entry['p95_ms']),
                 _fmt(entry.get('ratio_to_reference'), 2),
@@ -132,6 +102,23 @@ def render_runtime_peers(payload: Mapping[str, Any]) -> list[str]:
             ]
         )
     return _table(header, rows + _skipped_rows(payload['results'], len(header)))
+
+
+def render_peers(payload: Mapping[str, Any]) -> list[str]:
+    """Peers next to MOBIUS: latency and the paired ratio to the reference model."""
+    columns = ('model', 'params (M)', 'params_m', 'text per frame')
+    lines = _latency_table(payload, columns, lambda entry: entry.get('kind') == 'ours')
+    if payload.get('reference_missing_reason'):
+        lines.append('')
+        lines.append(f'No ratios: {payload["reference_missing_reason"]}.')
+    return lines
+
+
+def render_runtime_peers(payload: Mapping[str, Any]) -> list[str]:
+    """ONNX graph against ONNX graph on ONNX Runtime: latency and the paired ratio."""
+    # Our entries name the path they time (full graph or split graphs); peers do not.
+    columns = ('graph', 'graph MB', 'graph_mb', 'text')
+    return _latency_table(payload, columns, lambda entry: bool(entry.get('path')))
 
 
 def render_pruning(payload: Mapping[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mobius_ros.common.errors import SegmenterError
+from mobius_ros.common.images import IMAGE_SUFFIXES, image_files
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
     DEFAULT_ENGINE_ROOT,
@@ -32,8 +33,6 @@ from mobius_ros.export.engine_cache import (
     engine_plan,
     file_sha256,
 )
-
-_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 def _range(text: str) -> tuple[int, int, int]:
@@ -144,9 +143,9 @@ def calibration_feeds(
         io_spec.TEXT_MASK.name: np.ones((1, int(mask.sum())), bool),
         io_spec.CLASS_EMBED.name: text['pooled'][None].astype(np.float32),
     }
-    files = sorted(p for p in images.rglob('*') if p.suffix.lower() in _IMAGE_SUFFIXES)
+    files = image_files(images)
     if not files:
-        raise SegmenterError(f'no calibration images ({", ".join(_IMAGE_SUFFIXES)}) in {images}')
+        raise SegmenterError(f'no calibration images ({", ".join(IMAGE_SUFFIXES)}) in {images}')
     for path in files[:count]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mobius_ros.common.images import IMAGE_SUFFIXES
+
 if TYPE_CHECKING:
     from mobius_ros.runtime.result import Prediction
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -57,11 +57,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _photos(folder: Path | None) -> tuple[str, ...]:
     if folder is None:
         return ()
-    photos = tuple(
-        str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in ('.jpg', '.jpeg', '.png')
-    )
+    from mobius_ros.common.images import IMAGE_SUFFIXES, image_files
+
+    if not folder.is_dir():
+        raise ValueError(f'--background-photos {folder} is not a folder')
+    photos = tuple(str(p) for p in image_files(folder))
     if not photos:
-        raise ValueError(f'--background-photos {folder}: no .jpg/.jpeg/.png files there')
+        raise ValueError(
+            f'--background-photos {folder}: no image files ({", ".join(IMAGE_SUFFIXES)}) there'
+        )
     return photos
 
 

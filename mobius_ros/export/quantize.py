@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mobius_ros.common.errors import ModelLoadError
+from mobius_ros.common.images import IMAGE_SUFFIXES, image_files
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import file_sha256
 
@@ -110,9 +111,6 @@ def record_feeds(
     return dict(feeds)
 
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-
-
 def load_images(folder: str | Path, count: int) -> tuple[list[np.ndarray], int]:
     """Up to `count` RGB images of `folder` (sorted, recursive) and how many were unreadable.
 
@@ -121,7 +119,7 @@ def load_images(folder: str | Path, count: int) -> tuple[list[np.ndarray], int]:
     """
     import cv2
 
-    files = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
     images, unreadable = [], 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+from mobius_ros.common.images import IMAGE_SUFFIXES, image_files
 
 
 class SourceError(ValueError):
@@ -82,9 +82,7 @@ def folder_source(folder: str | Path) -> ImageSource:
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f'--images {folder} is not a folder')
-    files = tuple(
-        sorted(p for p in folder.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    )
+    files = tuple(image_files(folder))
     if not files:
         raise SourceError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) under {folder}')
     return ImageSource(f'{len(files)} images under {folder}', len(files), 'files', folder, files)

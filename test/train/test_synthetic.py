@@ -179,7 +179,7 @@ def test_hsv_colour_sampling_stays_inside_each_name() -> None:
             assert (scene.image[inst.mask] == rgb).all()
             h, s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
             (band, (s_lo, s_hi), (v_lo, v_hi)) = COLOUR_REGIONS[inst.colour]
-            assert hue_in(h * 360.0 + 0.0, (band[0] - 1.5, band[1] + 1.5)), (inst.colour, h * 360)
+            assert hue_in(h * 360.0, (band[0] - 1.5, band[1] + 1.5)), (inst.colour, h * 360)
             assert s_lo - 0.03 <= s <= s_hi + 0.03 and v_lo - 0.01 <= v <= v_hi + 0.01
             # and no other name claims it
             others = [n for n, r in COLOUR_REGIONS.items() if n != inst.colour]

@@ -15,6 +15,8 @@ whatever `num` is. numpy/OpenCV only.
 
 from __future__ import annotations
 
+import colorsys
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,13 +199,7 @@ def sample_colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
     width = (hi - lo) % 360.0
     hue = (lo + rng.uniform(0.0, width)) % 360.0
     sat, val = rng.uniform(s_lo, s_hi), rng.uniform(v_lo, v_hi)
-    # HSV -> RGB (the standard hexcone formula)
-    c = val * sat
-    x = c * (1 - abs((hue / 60.0) % 2 - 1))
-    sector = int(hue // 60) % 6
-    r, g, b = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][sector]
-    m = val - c
-    return tuple(round((v + m) * 255) for v in (r, g, b))
+    return tuple(round(v * 255) for v in colorsys.hsv_to_rgb(hue / 360.0, sat, val))
 
 
 def _background(rng: np.random.Generator, kind: str, image_hw: tuple[int, int]) -> np.ndarray:
@@ -231,15 +227,22 @@ def _background(rng: np.random.Generator, kind: str, image_hw: tuple[int, int]) 
     return image
 
 
+@functools.lru_cache(maxsize=256)
+def _read_photo(path: str) -> np.ndarray:
+    """A photo decoded once per process (scenes are drawn per training sample); read-only."""
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f'background photo {path} cannot be read as an image')
+    bgr.flags.writeable = False
+    return bgr
+
+
 def photo_background(
     rng: np.random.Generator, photos: tuple[str, ...], image_hw: tuple[int, int]
 ) -> np.ndarray:
     """A random crop (30-100 % of the shorter side, any position) of a random photo, flipped
     left-right half the time, resized to `image_hw`; RGB uint8."""
-    path = photos[int(rng.integers(len(photos)))]
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'background photo {path} cannot be read as an image')
+    bgr = _read_photo(photos[int(rng.integers(len(photos)))])
     ph, pw = bgr.shape[:2]
     h, w = image_hw
     scale = rng.uniform(0.3, 1.0) * min(ph / h, pw / w)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mobius_ros.ros.dds import dds_environment
 from mobius_ros.ros.interfaces import REPO_ROOT
 
 READY_TEXT = 'active: listening'
@@ -24,7 +25,8 @@ FAILED_TEXT = 'cannot configure'
 
 
 def private_graph(domain_id: int | None = None) -> dict[str, str]:
-    """Environment of a ROS 2 graph only this demo uses: its own domain id, loopback only.
+    """Environment of a ROS 2 graph only this demo uses: its own domain id, loopback only,
+    and the Fast DDS profile that lets camera-sized frames through (`ros.dds`).
 
     The default id (20..99) stays clear of the range the ROS tests take (100..199) and is
     spread by process id so that two demos on one machine do not meet.
@@ -32,11 +34,13 @@ def private_graph(domain_id: int | None = None) -> dict[str, str]:
     domain = 20 + os.getpid() % 80 if domain_id is None else domain_id
     if not 0 <= domain <= 232:
         raise ValueError(f'ROS_DOMAIN_ID must be in 0..232, got {domain}')
-    return {
+    graph = {
         'ROS_DOMAIN_ID': str(domain),
         'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
         'RMW_IMPLEMENTATION': os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp'),
     }
+    # Camera-sized frames over best-effort Fast DDS need the large-frames profile (ros.dds).
+    return {**graph, **dds_environment({**os.environ, **graph})}
 
 
 def parameter_arguments(parameters: Mapping[str, Any]) -> list[str]:

@@ -16,11 +16,15 @@ import pytest
 
 from mobius_ros.demo.launcher import NodeProcess
 from mobius_ros.demo.launcher import start_node as launch_node
+from mobius_ros.ros.dds import dds_environment
 
 # Before anything imports rclpy: this run's own DDS domain, discovery on loopback only.
 os.environ['ROS_DOMAIN_ID'] = str(100 + os.getpid() % 100)
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+# Camera-sized frames on best-effort topics need the shipped Fast DDS profile (ros.dds), here as
+# in the launch file and the demo; the node and the test's publishers both read it.
+os.environ.update(dds_environment())
 
 NAMESPACE = '/mobius_test'
 

@@ -138,7 +138,7 @@ def validate(name: str, value: Any) -> str | None:
         return f'unknown parameter {name!r}'
     expected = type(spec.default)
     if expected is tuple:
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             return f'{name} must be a list of strings'
     elif expected is float:
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -110,6 +110,7 @@ def image_case(rng: np.random.Generator) -> ImageCase:
     channels = DECODABLE.get(encoding, int(rng.integers(1, 5)))
     natural = min(width * channels, 2**32 - 1)
     step = int(rng.choice([natural, 0, natural - 1, natural + 1, 2**32 - 1, rng.integers(0, 999)]))
+    step = min(max(step, 0), 2**32 - 1)  # a uint32 field
     length = int(
         rng.choice([0, 1, 3, 77, 1000, min(height * step, 200_000), min(height * natural, 10)])
     )
@@ -313,9 +314,11 @@ class Fuzzer:
         probe_every: int = 25,
         probe_timeout: float = 30.0,
         seed: int = 0,
+        progress: bool = False,
     ) -> None:
         from mobius_ros.demo.client import DemoClient
 
+        self.progress = progress
         self._start = start
         self.node = start()
         self.namespace = namespace
@@ -573,6 +576,9 @@ class Fuzzer:
                 counts.cases = done
                 if done % self.probe_every == 0 or done == cases:
                     self.probe(counts)
+                if self.progress and done % 1000 == 0:
+                    rate = done / (time.monotonic() - started)
+                    print(f'{kind}: {done}/{cases} cases ({rate:.1f}/s)', flush=True)
             except NodeGoneError as gone:
                 counts.crashes += 1
                 counts.note(f'the node died: {gone}')
@@ -685,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         nodes = _starter(env, parameters, Path(scratch) / 'logs')
         fuzzer = Fuzzer(lambda: next(nodes), NAMESPACE, seed=args.seed,
-                        probe_every=args.probe_every)  # fmt: skip
+                        probe_every=args.probe_every, progress=True)  # fmt: skip
         results: dict[str, KindCounts] = {}
         try:
             for kind in args.kinds:

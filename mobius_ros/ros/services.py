@@ -2,7 +2,8 @@
 
 Kept apart from the node's lifecycle and frame path so each file reads top-down. The mixin uses
 the node's state: `_segmenter`, `_factory`, `_values`, `_pubs`, `_vocab_lock`, `_infer_lock`,
-`_latest`, `_enabled`, `_last_frame_id`, `_syncing`, and rclpy's `Node` methods.
+`_latest`, `_enabled`, `_last_frame_id`, `_syncing`, `_launched`, `_state_path`, and rclpy's
+`Node` methods.
 """
 
 from __future__ import annotations
@@ -14,13 +15,63 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
 
 from mobius_ros.common.errors import SegmenterError
-from mobius_ros.ros import messages
+from mobius_ros.ros import messages, params, state
 from mobius_ros.ros.conversions import message_to_rgb
 from mobius_ros.runtime.result import Task
 
 
 class ServiceHandlers:
     """set_vocabulary, get_vocabulary, segment and enable; label_info on every swap."""
+
+    # Persisted state (mobius_ros/ros/state.py says what and when) -------------------------------
+
+    def _restore_state(self) -> None:
+        """Apply the saved runtime state where the launch values allow it; never raises."""
+        name, logger = self.get_fully_qualified_name(), self.get_logger()
+        try:
+            path = state.state_path(
+                str(self._values['state_dir']), str(self._values['cache_dir']), name
+            )
+            saved, problem = state.load(path, name)
+            self._state_path = path
+            if saved is None:
+                if problem:
+                    logger.warning(f'saved state ignored: {problem}')
+                return
+            restore, dropped = saved.restorable(self._launched)
+            for line in dropped:
+                logger.info(f'saved state not restored for {line}')
+            reasons = params.validate_all({**self._values, **restore})
+            if reasons:
+                logger.warning(f'saved state ignored: {path}: ' + '; '.join(reasons))
+                return
+            if not restore:
+                return
+            typed = {k: _typed(k, v) for k, v in restore.items()}
+            results = self.set_parameters([Parameter(k, value=v) for k, v in typed.items()])
+            refused = [r.reason for r in results if not r.successful]
+            if refused:
+                logger.warning(f'saved state ignored: {path}: ' + '; '.join(refused))
+                return
+        except Exception as error:  # e.g. a state folder that cannot be read: start without it
+            logger.warning(f'saved state ignored: {error!r}')
+            return
+        self._values.update({k: tuple(v) if isinstance(v, list) else v for k, v in typed.items()})
+        shown = ', '.join(f'{k} {v}' for k, v in sorted(typed.items()))
+        logger.info(f'restored from {path}: {shown}')
+
+    def _save_state(self) -> None:
+        """Save the runtime state (after an accepted change of one of `state.KEYS`)."""
+        if self._state_path is None:
+            return
+        runtime = {key: self._values[key] for key in state.KEYS}
+        saved = state.NodeState(self.get_fully_qualified_name(), self._launched, runtime)
+        try:
+            state.save(self._state_path, saved)
+        except OSError as error:  # a full or read-only disk: keep running, unpersisted
+            self.get_logger().warning(
+                f'state not saved to {self._state_path}: {error}', throttle_duration_sec=60.0
+            )
 
     # Vocabulary --------------------------------------------------------------------------------
 
@@ -145,3 +196,11 @@ class ServiceHandlers:
         response.success = True
         response.message = 'processing enabled' if self._enabled else 'processing paused'
         return response
+
+
+def _typed(name: str, value: Any) -> Any:
+    """`value` as the parameter's declared type (JSON writes 40.0 back as 40 when hand-edited)."""
+    default = params.SPECS[name].default
+    if isinstance(default, float):
+        return float(value)
+    return list(value) if isinstance(default, tuple) else value

@@ -25,6 +25,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -123,8 +124,11 @@ class MobiusNode(ServiceHandlers, CameraHealth, LifecycleNode):
         from diagnostic_msgs.msg import DiagnosticArray
 
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        # On the steady clock: under sim time a bag that ends stops /clock too, and a watchdog
+        # that waits for /clock would never report the camera that stopped with it.
         self.create_timer(float(self._values['diagnostics_period']), self._publish_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
+                          callback_group=MutuallyExclusiveCallbackGroup(),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))  # fmt: skip
 
     # Lifecycle ---------------------------------------------------------------------------------
 
@@ -136,7 +140,7 @@ class MobiusNode(ServiceHandlers, CameraHealth, LifecycleNode):
 
         try:
             self._segmenter = Segmenter(params.segmenter_config(self._values))
-            self._install_vocabulary()
+            self._install_first_vocabulary()
         except SegmenterError as error:
             self.get_logger().error(f'cannot configure: {error}')
             self._release()

@@ -2,7 +2,8 @@
 
 Each fault is driven on the real ROS graph against the node process: the node must publish
 outputs for the frames after the fault, say what happened once (or rate-limited) in its log and
-count it in /diagnostics. Staleness uses short thresholds here (warn 1 s, error 2 s).
+count it in /diagnostics. Staleness uses short thresholds here (warn 1 s, error 2 s), and the
+node runs on sim time with no /clock publisher.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def node(start_node: Any, checkpoint: Path) -> Any:
         diagnostics_period=0.2,
         stale_warn_s=1.0,
         stale_error_s=2.0,
+        # Sim time and no /clock at all (a bag that is not playing): staleness and /diagnostics
+        # run on the steady clock, so they must work all the same.
+        use_sim_time=True,
     )
     assert process.wait_for_log('active: listening', timeout=120), process.log()
     return process

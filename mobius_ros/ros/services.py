@@ -8,7 +8,10 @@ the node's state: `_segmenter`, `_factory`, `_values`, `_pubs`, `_vocab_lock`, `
 
 from __future__ import annotations
 
+import functools
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from rclpy.parameter import Parameter
@@ -18,6 +21,28 @@ from mobius_ros.common.errors import SegmenterError
 from mobius_ros.ros import messages, params, state
 from mobius_ros.ros.conversions import message_to_rgb
 from mobius_ros.runtime.result import Task
+
+
+def _guarded(handler: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """A service handler that answers, never raises: rclpy would let an exception out of a
+    service callback end the executor, and with it the node."""
+
+    @functools.wraps(handler)
+    def guarded(self: Any, request: Any, response: Any) -> Any:
+        try:
+            return handler(self, request, response)
+        except Exception as error:
+            self.get_logger().error(
+                f'{handler.__name__[4:]} failed:\n{traceback.format_exc()}',
+                throttle_duration_sec=10.0,
+            )
+            if hasattr(response, 'success'):
+                response.success = False
+            if hasattr(response, 'message'):
+                response.message = f'internal error: {error!r}'
+            return response
+
+    return guarded
 
 
 class ServiceHandlers:
@@ -75,6 +100,25 @@ class ServiceHandlers:
 
     # Vocabulary --------------------------------------------------------------------------------
 
+    def _install_first_vocabulary(self) -> None:
+        """Install the vocabulary on configure; a restored one that the model refuses (e.g. a
+        smaller max_vocabulary given at launch) gives way to the launch vocabulary."""
+        try:
+            self._install_vocabulary()
+        except SegmenterError as error:
+            keys = ('task', 'vocabulary')
+            if all(self._values[k] == self._launched[k] for k in keys):
+                raise
+            message = f'restored vocabulary refused ({error}): using the launch vocabulary'
+            self.get_logger().warning(message)
+            self._syncing = True  # the parameters follow; the install is done here
+            launched = [Parameter(k, value=_typed(k, self._launched[k])) for k in keys]
+            try:
+                self.set_parameters(launched)
+            finally:
+                self._syncing = False
+            self._install_vocabulary()
+
     def _install_vocabulary(self) -> Any:
         if self._values['task'] == Task.AGNOSTIC.value:
             return self._segmenter.set_agnostic()
@@ -92,6 +136,7 @@ class ServiceHandlers:
         threshold = float(self._values['score_threshold'])
         publisher.publish(messages.label_info(self._factory, header, phrases, threshold))
 
+    @_guarded
     def _on_set_vocabulary(self, request: Any, response: Any) -> Any:
         if self._segmenter is None:
             response.success, response.message = False, 'the node is not configured (no model)'
@@ -133,6 +178,7 @@ class ServiceHandlers:
         finally:
             self._syncing = False
 
+    @_guarded
     def _on_get_vocabulary(self, request: Any, response: Any) -> Any:
         if self._segmenter is not None:
             self._fill_vocabulary(response, self._segmenter.vocabulary)
@@ -147,6 +193,7 @@ class ServiceHandlers:
 
     # One-shot segmentation and enable ---------------------------------------------------------
 
+    @_guarded
     def _on_segment(self, request: Any, response: Any) -> Any:
         response.success = False
         segmenter = self._segmenter
@@ -191,6 +238,7 @@ class ServiceHandlers:
         response.message = f'{len(prediction)} instances ({prediction.task.value})'
         return response
 
+    @_guarded
     def _on_enable(self, request: Any, response: Any) -> Any:
         self._enabled = bool(request.data)
         response.success = True

@@ -9,6 +9,11 @@ preset (orin_nano, orin_agx, desktop, glee_lite; optional), then your params_fil
 later files overriding earlier ones; a non-empty `checkpoint` argument overrides them all.
 One node per camera namespace; engines are shared on disk. A bad argument (an unknown preset, a
 missing file, a flag that is not true/false) stops the launch with a line naming it.
+
+A node process that dies (a crash, the OOM killer, SIGKILL) is started again after
+`respawn_delay` seconds (`respawn:=false` to leave it dead); the `autostart` parameter brings
+the new process back to active, and the vocabulary and latency budget set at run time come back
+from the node's state file (`persist_state`).
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ def _node(context: object) -> list[LifecycleNode]:
     checkpoint = _existing(context, 'checkpoint')
     if checkpoint:
         overrides['checkpoint'] = checkpoint
+    delay = LaunchConfiguration('respawn_delay').perform(context)
+    try:
+        respawn_delay = float(delay)
+    except ValueError:
+        respawn_delay = -1.0
+    if not respawn_delay >= 0:  # also NaN
+        raise ValueError(f"launch argument respawn_delay:='{delay}' must be seconds >= 0")
     return [
         LifecycleNode(
             package='mobius_ros',
@@ -72,6 +84,8 @@ def _node(context: object) -> list[LifecycleNode]:
             remappings=[(source, target)],
             output='screen',
             emulate_tty=True,
+            respawn=_flag(context, 'respawn'),
+            respawn_delay=respawn_delay,
         )
     ]
 
@@ -104,6 +118,12 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument(
                 'use_sim_time', default_value='false', description='use /clock (bag replay)'
+            ),
+            DeclareLaunchArgument(
+                'respawn', default_value='true', description='start the node again if it dies'
+            ),
+            DeclareLaunchArgument(
+                'respawn_delay', default_value='1.0', description='seconds before a respawn'
             ),
             OpaqueFunction(function=_node),
         ]

@@ -5,6 +5,8 @@ deactivate stops them, cleanup releases the model. The image callback only parks
 message in a one-item slot (older unprocessed ones are dropped and counted); a worker thread
 converts, segments and publishes, so a slow model never blocks the executor. Every failure of an
 input (bad image, bad vocabulary, bad request) is logged or answered and the node goes on.
+Camera faults (a stopped, resized, looping or restarted camera) are watched in `health.py`; the
+vocabulary and budget set at run time are saved and restored across restarts (`state.py`).
 
 Run: `python -m mobius_ros.ros.node --ros-args --params-file config/mobius.yaml -r image:=/cam`.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -43,14 +46,11 @@ from mobius_ros.ros.conversions import (
     overlay,
     rgb_to_image_fields,
 )
+from mobius_ros.ros.health import CameraHealth
 from mobius_ros.ros.services import ServiceHandlers
-from mobius_ros.ros.stats import FrameStats, LatestSlot
+from mobius_ros.ros.state import KEYS as STATE_KEYS
+from mobius_ros.ros.stats import FrameStats, LatestSlot, LogBudget, StreamWatch
 from mobius_ros.runtime.result import Prediction
-
-try:
-    from rclpy.event_handler import SubscriptionEventCallbacks
-except ImportError:  # ROS 2 Humble (JetPack 6 images) names the module qos_event
-    from rclpy.qos_event import SubscriptionEventCallbacks
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -66,12 +66,16 @@ def _optional(module: str) -> Any | None:
         return None
 
 
-class MobiusNode(ServiceHandlers, LifecycleNode):
+class MobiusNode(ServiceHandlers, CameraHealth, LifecycleNode):
     """Open-vocabulary instance segmentation of a camera topic."""
 
     def __init__(self, node_name: str = 'mobius', **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._values = params.declare(self)
+        self._launched = {key: self._values[key] for key in STATE_KEYS}
+        self._state_path = None
+        if self._values['persist_state']:
+            self._restore_state()  # before the callbacks: restoring is not a change to save
         self._invalid = params.validate_all(self._values)
         for reason in self._invalid:
             self.get_logger().error(f'invalid parameter: {reason}')
@@ -87,6 +91,10 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
         self._syncing = False  # set while a service writes the vocabulary parameters back
         self._slot = LatestSlot()
         self._stats = FrameStats()
+        self._stream = StreamWatch()
+        self._stale = 0  # the staleness level last reported (0 ok, 1 warn, 2 error)
+        self._format_lines = LogBudget(lines=10, period=60.0)
+        self._polled_publishers: int | None = None
         self._enabled = True
         self._latest: Any = None
         self._worker: threading.Thread | None = None
@@ -116,8 +124,11 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
         from diagnostic_msgs.msg import DiagnosticArray
 
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        # On the steady clock: under sim time a bag that ends stops /clock too, and a watchdog
+        # that waits for /clock would never report the camera that stopped with it.
         self.create_timer(float(self._values['diagnostics_period']), self._publish_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup())  # fmt: skip
+                          callback_group=MutuallyExclusiveCallbackGroup(),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))  # fmt: skip
 
     # Lifecycle ---------------------------------------------------------------------------------
 
@@ -129,7 +140,7 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
 
         try:
             self._segmenter = Segmenter(params.segmenter_config(self._values))
-            self._install_vocabulary()
+            self._install_first_vocabulary()
         except SegmenterError as error:
             self.get_logger().error(f'cannot configure: {error}')
             self._release()
@@ -171,13 +182,15 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
             reliability=reliability,
             durability=DurabilityPolicy.VOLATILE,
         )
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        events = self._subscription_events()
         self._subscription = self.create_subscription(
             CompressedImage if compressed else Image,
             'image/compressed' if compressed else 'image',
             self._on_image, qos, event_callbacks=events,
         )  # fmt: skip
         self._slot.open()
+        self._stream.start(time.monotonic())
+        self._stale = 0
         self._worker = threading.Thread(target=self._work, name='mobius-worker', daemon=True)
         self._worker.start()
         result = super().on_activate(state)
@@ -212,6 +225,7 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
+        self._stream.stop()
         self._slot.close()
         if self._worker is not None:
             self._worker.join(timeout=30.0)
@@ -232,15 +246,7 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
         self._latest = msg
         if self._enabled and self._slot.put((msg, time.perf_counter())):
             self._stats.count('dropped')
-
-    def _on_incompatible_qos(self, event: Any) -> None:
-        self.get_logger().warning(
-            f'a publisher on {self._subscription.topic_name if self._subscription else "image"}'
-            f' has incompatible QoS (policy {event.last_policy_kind}): no images arrive from it.'
-            ' Publishers must be reliable when the parameter reliable is true; the default'
-            ' best-effort subscription accepts any publisher.',
-            throttle_duration_sec=10.0,
-        )
+        self._watch_frame(msg)
 
     def _work(self) -> None:
         while True:
@@ -257,7 +263,9 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
 
     def _process(self, msg: Any, received: float) -> None:
         try:
-            rgb = message_to_rgb(msg, compressed=isinstance(msg, CompressedImage))
+            compressed = isinstance(msg, CompressedImage)
+            rgb = message_to_rgb(msg, compressed=compressed)
+            self._format_changed(rgb, msg.format if compressed else msg.encoding)
             segmenter = self._segmenter
             if segmenter is None:
                 return
@@ -311,8 +319,11 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
     # Parameters --------------------------------------------------------------------------------
 
     def _check_parameters(self, parameters: list[Any]) -> SetParametersResult:
-        changes = {p.name: _plain(p.value) for p in parameters}
-        reasons = params.validate_all({**self._values, **changes})
+        try:
+            changes = {p.name: _plain(p.value) for p in parameters}
+            reasons = params.validate_all({**self._values, **changes})
+        except Exception as error:  # a value no rule foresaw is refused, never a crash
+            return SetParametersResult(successful=False, reason=f'invalid value: {error!r}')
         budget, floor = changes.get('latency_budget_ms'), self._stats.floor_ms()
         if not reasons and budget and floor is not None and budget < floor:
             reasons.append(
@@ -327,9 +338,17 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
     def _apply_parameters(self, parameters: list[Any]) -> None:
         changes = {p.name: _plain(p.value) for p in parameters}
         self._values = {**self._values, **changes}
+        try:
+            if self._apply_to_segmenter(changes) and changes.keys() & STATE_KEYS:
+                self._save_state()
+        except Exception:  # accepted values that the model cannot take must not kill the node
+            self.get_logger().error(f'parameters not applied:\n{traceback.format_exc()}')
+
+    def _apply_to_segmenter(self, changes: dict[str, Any]) -> bool:
+        """Apply accepted changes to the model (if loaded); False when the vocabulary failed."""
         segmenter = self._segmenter
         if segmenter is None:
-            return
+            return True  # configure installs them
         if changes.keys() & params.SEGMENTER_SETTINGS:
             segmenter.configure(
                 score_threshold=float(self._values['score_threshold']),
@@ -343,48 +362,9 @@ class MobiusNode(ServiceHandlers, LifecycleNode):
                     self._install_vocabulary()
             except SegmenterError as error:
                 self.get_logger().error(f'vocabulary not changed: {error}')
-                return
+                return False
             self._publish_label_info()
-
-    # Diagnostics -------------------------------------------------------------------------------
-
-    def _publish_diagnostics(self) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
-        snap = self._stats.snapshot()
-        status = DiagnosticStatus(
-            name=f'{self.get_fully_qualified_name()}: segmentation',
-            hardware_id=str(self._values['backend']),
-        )
-        if self._segmenter is None:
-            status.level, status.message = DiagnosticStatus.STALE, 'not configured'
-        elif snap.budget_met is False:
-            status.level, status.message = DiagnosticStatus.WARN, 'latency budget not met'
-        else:
-            status.level, status.message = DiagnosticStatus.OK, 'ok'
-        budget, floor = params.latency_budget(self._values), self._stats.floor_ms()
-        vocabulary = self._segmenter.vocabulary if self._segmenter is not None else None
-        fields = {
-            'rate_hz': f'{snap.rate_hz:.2f}',
-            'latency_p50_ms': f'{snap.latency_p50_ms:.1f}',
-            'latency_p95_ms': f'{snap.latency_p95_ms:.1f}',
-            'frames': snap.frames,
-            'dropped_frames': snap.dropped,
-            'bad_frames': snap.bad_frames,
-            'errors': snap.errors,
-            'queries_kept': snap.queries_kept,
-            'latency_budget_ms': 'none' if budget is None else f'{budget:.1f}',
-            # The least budget this node would accept now (what pruning cannot shorten).
-            'latency_floor_ms': 'n/a' if floor is None else f'{floor:.1f}',
-            'budget_met': 'n/a' if snap.budget_met is None else str(snap.budget_met).lower(),
-            'backend': self._values['backend'],
-            'enabled': str(self._enabled).lower(),
-            'vocabulary_version': vocabulary.version if vocabulary is not None else 'n/a',
-        }
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in fields.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics.publish(array)
+        return True
 
 
 def _plain(value: Any) -> Any:

@@ -91,6 +91,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('compressed', False, 'subscribe image/compressed instead of image', True),
     ParamSpec('reliable', False, 'reliable image QoS (default: best effort)', read_only=True),
     ParamSpec('qos_depth', 1, 'image queue depth (only the newest is processed)', True, (1, 100)),
+    ParamSpec(
+        'stale_warn_s',
+        2.0,
+        'no frame for this long (or since activation) turns diagnostics WARN; 0 = off',
+        range=(0.0, 3600.0),
+    ),
+    ParamSpec(
+        'stale_error_s',
+        10.0,
+        'no frame for this long turns diagnostics ERROR; 0 = off',
+        range=(0.0, 3600.0),
+    ),
     # What to segment: runtime-changeable.
     ParamSpec('vocabulary', DEFAULT_VOCABULARY, 'class phrases (class id k = phrase k)'),
     ParamSpec(
@@ -123,6 +135,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('publish_instance_masks', False, 'add cropped per-instance masks to segmentation'),
     ParamSpec('diagnostics_period', 1.0, 'seconds between /diagnostics', True, (0.1, 3600.0)),
     ParamSpec('autostart', True, 'configure and activate on start', read_only=True),
+    ParamSpec(
+        'persist_state',
+        True,
+        'save the runtime vocabulary, task and latency budget; restore them on restart',
+        read_only=True,
+    ),
+    ParamSpec(
+        'state_dir',
+        '',
+        "where the state file goes; empty = 'state' beside cache_dir",
+        read_only=True,
+    ),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 SEGMENTER_SETTINGS = frozenset(
@@ -171,6 +195,10 @@ def validate_all(values: Mapping[str, Any]) -> list[str]:
     upper = values.get('pruning.upper', SPECS['pruning.upper'].default)
     if not reasons and lower > upper:
         reasons.append(f'pruning.lower ({lower}) must not exceed pruning.upper ({upper})')
+    warn = values.get('stale_warn_s', SPECS['stale_warn_s'].default)
+    error = values.get('stale_error_s', SPECS['stale_error_s'].default)
+    if not reasons and warn > 0 and error > 0 and warn > error:
+        reasons.append(f'stale_warn_s ({warn}) must not exceed stale_error_s ({error})')
     return reasons
 
 

@@ -123,3 +123,132 @@ class LatestSlot:
     def open(self) -> None:
         with self._condition:
             self._closed = False
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """The camera stream as /diagnostics reports it.
+
+    Attributes:
+        age_s: seconds since the last frame arrived, or since activation before the first.
+        has_frame: whether any frame arrived since activation.
+        resolution: 'WxH' of the last processed frame ('' before the first).
+    """
+
+    age_s: float | None
+    has_frame: bool
+    resolution: str
+    encoding: str
+    resolution_changes: int
+    encoding_changes: int
+    stamps_backwards: int
+    reconnects: int
+
+
+class StreamWatch:
+    """What a camera does to the stream: gaps, size and encoding changes, stamps, restarts.
+
+    Thread-safe; times are monotonic seconds given by the caller (wall time of this process,
+    never the message stamps, so sim time and looping bags cannot fake freshness). Each method
+    returns what changed so the caller can say it once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None  # activation time; None while inactive
+        self._last: float | None = None
+        self._stamp_ns: int | None = None
+        self._format: tuple[str, str] | None = None  # (resolution, encoding)
+        self._seen_frames = False  # ever, across activations: a later publisher is a return
+        self.resolution_changes = self.encoding_changes = 0
+        self.stamps_backwards = self.reconnects = 0
+
+    def start(self, now: float) -> None:
+        """Activation: staleness counts from here."""
+        with self._lock:
+            self._since, self._last = now, None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._since = self._last = None
+
+    def arrived(self, now: float, stamp_ns: int) -> tuple[float | None, float | None]:
+        """A frame arrived: (seconds since the previous one or since activation, None before
+        activation; seconds its stamp went back, None when it did not)."""
+        with self._lock:
+            reference = self._last if self._last is not None else self._since
+            self._last = now
+            self._seen_frames = True
+            previous, self._stamp_ns = self._stamp_ns, stamp_ns
+            back = None
+            if previous is not None and stamp_ns < previous:
+                self.stamps_backwards += 1
+                back = (previous - stamp_ns) / 1e9
+            return (None if reference is None else now - reference), back
+
+    def frame_format(self, width: int, height: int, encoding: str) -> list[str]:
+        """A frame is being processed: what changed in its format since the last one."""
+        resolution = f'{width}x{height}'
+        changes = []
+        with self._lock:
+            if self._format is not None:
+                old_resolution, old_encoding = self._format
+                if resolution != old_resolution:
+                    self.resolution_changes += 1
+                    changes.append(f'camera resolution changed {old_resolution} -> {resolution}')
+                if encoding != old_encoding:
+                    self.encoding_changes += 1
+                    changes.append(f'camera encoding changed {old_encoding} -> {encoding}')
+            self._format = (resolution, encoding)
+        return changes
+
+    def publishers(self, before: int, now: int) -> bool:
+        """The publisher count went `before` -> `now`: True when a camera came back (after
+        frames, every publisher had gone and one appeared)."""
+        with self._lock:
+            back = before == 0 and now > 0 and self._seen_frames
+            self.reconnects += back
+            return back
+
+    def snapshot(self, now: float) -> StreamSnapshot:
+        with self._lock:
+            reference = self._last if self._last is not None else self._since
+            resolution, encoding = self._format or ('', '')
+            return StreamSnapshot(
+                age_s=None if reference is None else max(0.0, now - reference),
+                has_frame=self._last is not None,
+                resolution=resolution,
+                encoding=encoding,
+                resolution_changes=self.resolution_changes,
+                encoding_changes=self.encoding_changes,
+                stamps_backwards=self.stamps_backwards,
+                reconnects=self.reconnects,
+            )
+
+
+def stale_level(age_s: float | None, warn_s: float, error_s: float) -> int:
+    """0 (fresh), 1 (warn) or 2 (error) for a frame gap of `age_s`; a threshold of 0 is off."""
+    if age_s is None:
+        return 0
+    if error_s > 0 and age_s >= error_s:
+        return 2
+    if warn_s > 0 and age_s >= warn_s:
+        return 1
+    return 0
+
+
+class LogBudget:
+    """At most `lines` log lines per `period` seconds (for events that are each worth a line,
+    unlike a per-call-site throttle, until a flapping source would flood the log)."""
+
+    def __init__(self, lines: int, period: float) -> None:
+        self._lines, self._period = lines, period
+        self._times: deque[float] = deque()
+
+    def allow(self, now: float) -> bool:
+        while self._times and now - self._times[0] >= self._period:
+            self._times.popleft()
+        if len(self._times) >= self._lines:
+            return False
+        self._times.append(now)
+        return True

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
@@ -90,6 +90,28 @@ def _node(context: object) -> list[LifecycleNode]:
     ]
 
 
+def _dds_profile(context: object) -> list[SetEnvironmentVariable]:
+    # Camera-sized frames (640x480 rgb8 is 0.92 MB) exceed Fast DDS's 0.5 MB shared-memory
+    # segments and are mostly lost on best-effort topics: the shipped profile is set for every
+    # process this launch starts after it, unless another middleware or the user's own profile
+    # is in the environment; a file given as the argument always wins.
+    value = os.path.expanduser(LaunchConfiguration('dds_profile').perform(context))
+    if value.lower() in ('', 'none', 'false'):
+        return []
+    if value != 'default':
+        if not os.path.isfile(value):
+            raise FileNotFoundError(f"launch argument dds_profile:='{value}': no such file")
+        return [SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', value)]
+    if os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
+        return []
+    if any(os.environ.get(v) for v in ('FASTRTPS_DEFAULT_PROFILES_FILE',
+                                         'FASTDDS_DEFAULT_PROFILES_FILE')):  # fmt: skip
+        return []
+    share = get_package_share_directory('mobius_ros')
+    profile = os.path.join(share, 'config', 'fastdds_large_frames.xml')
+    return [SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', profile)]
+
+
 def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
@@ -125,6 +147,13 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 'respawn_delay', default_value='1.0', description='seconds before a respawn'
             ),
+            DeclareLaunchArgument(
+                'dds_profile',
+                default_value='default',
+                description='Fast DDS profile for camera-sized frames: default (shipped), a'
+                ' file, or none',
+            ),
+            OpaqueFunction(function=_dds_profile),
             OpaqueFunction(function=_node),
         ]
     )

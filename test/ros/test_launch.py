@@ -224,6 +224,7 @@ def test_bag_replay_launch_plays_a_compressed_recording_into_the_node(
         ('mobius.launch.py', {'params_file': '/no/such.yaml'}, 'no such file'),
         ('mobius.launch.py', {'respawn': 'always'}, "respawn:='always' must be true or false"),
         ('mobius.launch.py', {'respawn_delay': '-1'}, "respawn_delay:='-1' must be seconds"),
+        ('mobius.launch.py', {'dds_profile': '/no/profile.xml'}, "dds_profile:='/no/profile.xml'"),
         ('bag_replay.launch.py', {}, "missing required argument 'bag'"),
         ('bag_replay.launch.py', {'bag': '/no/bag'}, 'no rosbag2 directory'),
         ('bag_replay.launch.py', {'bag': '.', 'rate': 'fast'}, "rate:='fast' must be a number"),

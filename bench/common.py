@@ -206,3 +206,16 @@ def parse_size(text: str) -> tuple[int, int]:
     """'384x512' -> (384, 512) as (height, width)."""
     height, width = (int(part) for part in text.lower().split('x'))
     return height, width
+
+
+def node_environment() -> dict[str, str]:
+    """Environment for a node this bench starts: a private localhost ROS graph (also set in this
+    process, before rclpy initialises) and the built interface packages."""
+    from mobius_ros.demo.launcher import private_graph
+    from mobius_ros.ros.interfaces import build_interfaces
+
+    graph = private_graph()
+    os.environ.update(graph)
+    install = build_interfaces()
+    install.activate()
+    return {**install.environment(), **graph}

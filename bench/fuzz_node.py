@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import string
 import tempfile
 import time
@@ -668,16 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--output', default='fuzz_node', help='results/<output>.json')
     args = parser.parse_args(argv)
 
-    from bench.common import TimingConfig, environment, write_results
+    from bench.common import TimingConfig, environment, node_environment, write_results
     from mobius_ros.demo.camera import DEMO_VOCABULARY
-    from mobius_ros.demo.launcher import private_graph
-    from mobius_ros.ros.interfaces import build_interfaces
 
-    graph = private_graph()
-    os.environ.update(graph)  # before rclpy initialises in this process
-    install = build_interfaces()
-    install.activate()
-    env = {**install.environment(), **graph}
+    env = node_environment()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         parameters: dict[str, Any] = {

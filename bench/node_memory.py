@@ -22,14 +22,13 @@ filled, as every later boot does; their medians are the figures. Writes
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TimingConfig, environment, write_results
+from bench.common import TimingConfig, environment, node_environment, write_results
 
 TARGETS = {'rss_mb': 400.0, 'seconds_to_active': 5.0}
 NAMESPACE = '/mobius_bench'
@@ -108,14 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mobius_ros.demo.camera import DEMO_VOCABULARY
-    from mobius_ros.demo.launcher import private_graph
-    from mobius_ros.ros.interfaces import build_interfaces
 
-    graph = private_graph()
-    os.environ.update(graph)  # before rclpy initialises in this process
-    install = build_interfaces()
-    install.activate()
-    env = {**install.environment(), **graph}
+    env = node_environment()
     with tempfile.TemporaryDirectory() as scratch:
         parameters: dict[str, Any] = {
             'backend': 'onnxruntime',

@@ -240,7 +240,12 @@ def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> Runne
 
     def make(name: str, path: Path) -> TensorRTRunner:
         engine = ensure_engine(
-            path, plan, policy=config.build_policy, log=_LOG.info, device=device
+            path,
+            plan,
+            policy=config.build_policy,
+            log=_LOG.info,
+            warn=_LOG.warning,
+            device=device,
         )
         return TensorRTRunner(engine, device=device, name=name)
 

@@ -72,6 +72,9 @@ def atomic_path(path: str | Path, *, suffix: str = '') -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
+        # mkstemp's 0600 would make a cache shared by several users or nodes unreadable to
+        # the others: keep the mode of the file replaced, else the usual 0644.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         yield tmp
         with open(tmp, 'rb+') as handle:
             os.fsync(handle.fileno())

@@ -5,12 +5,17 @@ computes garbage if it was built from another ONNX file. So every `<name>.engine
 `<name>.json` sidecar saying what it was built from and for, and before loading we compare it
 with what we would build now:
 
-    policy          engine ok      engine missing     engine mismatched / no sidecar
-    'never'         load           refuse             refuse
-    'if_missing'    load           build              refuse
-    'if_mismatched' load           build              build
+    policy          engine ok      engine missing or damaged     engine mismatched
+    'never'         load           refuse                        refuse
+    'if_missing'    load           build                         refuse
+    'if_mismatched' load           build                         build
 
 "refuse" is a `ModelLoadError` naming the engine, every mismatch and the command that fixes it.
+"Damaged" means the engine cannot be verified: its sidecar is missing, unreadable or of another
+format, or the engine file's size or sha256 differs from what the sidecar recorded when it was
+written (a power cut mid-copy, a bad disk). Such a file is not an engine built for something else,
+it is a lost engine, so `if_missing` rebuilds it (with one warning); "mismatched" is a verified
+engine built for another GPU, TensorRT, ONNX file or config, which `if_missing` leaves to a human.
 
 Where engines live and what they must match is decided in one place, `engine_plan`, which both
 `mobius build-engine` and the runtime call: engines of an export live in
@@ -23,20 +28,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 
+from mobius_ros.common import atomic
 from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 
 POLICIES = ('never', 'if_missing', 'if_mismatched')
 PRECISIONS = ('fp32', 'fp16', 'int8')
 # Format 2: the config hash covers model config, export key, precision and profiles only.
-SIDECAR_FORMAT = 2
+# Format 3: the sidecar records the engine file's own size and sha256.
+SIDECAR_FORMAT = 3
+# Starts the reason `decide` gives for rebuilding a damaged engine (callers warn about those).
+DAMAGED = 'damaged: '
 # Shared by `mobius build-engine` and the runtime (SegmenterConfig.engine_dir, the node's
 # max_vocabulary parameter), so that both plan the same engines by default.
 DEFAULT_ENGINE_ROOT = '~/.cache/mobius_ros/engines'
@@ -67,6 +74,8 @@ class Sidecar:
         input_shapes: input name -> shape as the network declared it (-1: dynamic).
         build_seconds: how long the build took.
         built_at: ISO time of the build.
+        engine_size: size in bytes of the engine file (`write_sidecar` fills it in).
+        engine_sha256: sha256 of the engine file (`write_sidecar` fills it in).
         format: sidecar format version.
     """
 
@@ -80,9 +89,12 @@ class Sidecar:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     build_seconds: float = 0.0
     built_at: str = ''
+    engine_size: int = -1
+    engine_sha256: str = ''
     format: int = SIDECAR_FORMAT
 
-    # Fields that decide whether an engine may be used; the rest is provenance for humans.
+    # Fields that decide whether an engine may be used; the rest is provenance for humans (the
+    # engine's size and sha256 are checked against the file, see `engine_damage`).
     COMPARED = (
         'format',
         'tensorrt_version',
@@ -109,11 +121,7 @@ class Sidecar:
 
 def file_sha256(path: str | Path) -> str:
     """sha256 hex digest of a file, read in chunks (ONNX files can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return atomic.digest(path).sha256
 
 
 def config_hash(*parts: Mapping[str, object]) -> str:
@@ -128,18 +136,12 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 
 def write_sidecar(engine_path: str | Path, sidecar: Sidecar) -> Path:
-    """Write the sidecar next to the engine, atomically (write, then rename)."""
+    """Write the sidecar next to the (already written) engine, atomically and durably, with
+    the engine file's size and sha256 filled in."""
+    found = atomic.digest(engine_path)
+    sidecar = replace(sidecar, engine_size=found.size, engine_sha256=found.sha256)
     path = sidecar_path(engine_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            json.dump(sidecar.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + '\n')
     return path
 
 
@@ -150,6 +152,34 @@ def read_sidecar(engine_path: str | Path) -> Sidecar:
     if not isinstance(data, dict):
         raise ValueError('the sidecar is not a JSON object')
     return Sidecar.from_dict(data)
+
+
+def engine_damage(engine_path: str | Path) -> tuple[Sidecar | None, str]:
+    """The sidecar of an existing engine, or why the engine cannot be trusted ('' if it can).
+
+    Damage: no readable sidecar, a sidecar of another format, or an engine file whose size or
+    sha256 differs from the one its sidecar recorded.
+    """
+    engine_path = Path(engine_path)
+    try:
+        sidecar = read_sidecar(engine_path)
+    except (OSError, ValueError, TypeError) as error:
+        return None, f'no readable sidecar {sidecar_path(engine_path)} ({error})'
+    if sidecar.format != SIDECAR_FORMAT:
+        return None, (
+            f'sidecar {sidecar_path(engine_path)} has format {sidecar.format!r}, this version'
+            f' writes {SIDECAR_FORMAT} (with the size and sha256 of the engine)'
+        )
+    try:
+        found = atomic.digest(engine_path)
+    except OSError as error:
+        return None, f'cannot read {engine_path} ({error})'
+    if (found.size, found.sha256) != (sidecar.engine_size, sidecar.engine_sha256):
+        return None, (
+            f'{engine_path} has {found.size} bytes, sha256 {found.sha256[:16]}, but its sidecar'
+            f' recorded {sidecar.engine_size} bytes, sha256 {sidecar.engine_sha256[:16]}'
+        )
+    return sidecar, ''
 
 
 def compare(expected: Sidecar, actual: Sidecar) -> list[str]:
@@ -187,14 +217,15 @@ def decide(
     build_hint: str = 'mobius build-engine',
     note: str = '',
 ) -> tuple[EngineAction, list[str]]:
-    """Load or build `engine_path` under `policy`; returns the action and why.
+    """Load or build `engine_path` under `policy`; returns the action and why (a damaged
+    engine's one reason starts with `DAMAGED`).
 
     Args:
         note: appended to a refusal (e.g. engines of another precision exist next door).
 
     Raises:
-        ModelLoadError: the policy forbids the build that a missing or mismatched engine needs;
-            the message lists every mismatch and names `build_hint` as the fix.
+        ModelLoadError: the policy forbids the build that a missing, damaged or mismatched
+            engine needs; the message lists every mismatch and names `build_hint` as the fix.
         ValueError: unknown policy.
     """
     if policy not in POLICIES:
@@ -208,10 +239,15 @@ def decide(
                 f' build it ahead with `{build_hint}` or set build_policy "if_missing"{note}'
             )
         return EngineAction.BUILD, reasons
-    try:
-        reasons = compare(expected, read_sidecar(engine_path))
-    except (OSError, ValueError, TypeError) as error:
-        reasons = [f'no readable sidecar {sidecar_path(engine_path)} ({error})']
+    actual, damage = engine_damage(engine_path)
+    if actual is None:
+        if policy == 'never':
+            raise ModelLoadError(
+                f'TensorRT engine {engine_path} is damaged: {damage}; build_policy is "never",'
+                f' so rebuild it with `{build_hint}` or set build_policy "if_missing"{note}'
+            )
+        return EngineAction.BUILD, [DAMAGED + damage]
+    reasons = compare(expected, actual)
     if not reasons:
         return EngineAction.LOAD, []
     if policy == 'if_mismatched':

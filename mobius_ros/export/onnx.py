@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobius_ros.common import atomic
 from mobius_ros.common.tokenizer import CLIP_BPE, CLIP_BPE_FILE, HF_CLIP_BPE, HF_TOKENIZERS
 from mobius_ros.export import io_spec
-from mobius_ros.export.engine_cache import file_sha256
 from mobius_ros.export.wrappers import (
     DecoderLayerGraph,
     EncoderGraph,
@@ -102,8 +102,9 @@ def export_key(model: Mobius, options: ExportOptions) -> str:
 def export_model(model: Mobius, out_dir: str | Path, options: ExportOptions | None = None) -> Path:
     """Export `model` (its config in `model.config`) to `out_dir`; returns model.json's path.
 
-    Files are written to a temporary sibling folder and moved into place at the end, so a
-    crashed export never leaves a half-written folder that a runtime would load.
+    Files are written to a temporary sibling folder, fsynced and moved into place at the end,
+    so a crash or power cut never leaves a half-written folder that a runtime would load;
+    model.json records each graph's and the tokenizer's size and sha256, checked on load.
     """
     options = options or ExportOptions()
     out_dir = Path(out_dir).expanduser()
@@ -113,10 +114,13 @@ def export_model(model: Mobius, out_dir: str | Path, options: ExportOptions | No
     was_training = model.training
     try:
         meta = _export_into(model, tmp, options)
-        (tmp / io_spec.MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
+        text = json.dumps(meta, indent=2, sort_keys=True) + '\n'
+        atomic.write_text(tmp / io_spec.MODEL_JSON, text)
+        atomic.fsync_tree(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
+        atomic.fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -180,7 +184,7 @@ def _export_into(model: Mobius, out: Path, options: ExportOptions) -> dict[str, 
     for name, (module, args, spec) in graphs.items():
         path = out / spec.filename
         export_graph(module, args, spec, path, opset=options.opset)
-        files[name] = {'file': spec.filename, 'sha256': file_sha256(path), **spec.to_dict()}
+        files[name] = {'file': spec.filename, **atomic.digest(path).to_dict(), **spec.to_dict()}
 
     h, w = options.input_size
     dims = {
@@ -297,6 +301,7 @@ def copy_tokenizer(text_encoder: nn.Module, out: Path) -> tuple[torch.Tensor, di
         source = Path(default_bpe())
         spec = {'kind': CLIP_BPE, 'file': source.name, 'context_length': TEXT_CONTEXT}
     shutil.copyfile(source, out / spec['file'])
+    spec.update(atomic.digest(out / spec['file']).to_dict())  # checked on load like the graphs
     ids = load_tokenizer(spec, out)(list(_TRACE_PHRASES))
     return torch.from_numpy(ids), spec
 

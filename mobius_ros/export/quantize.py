@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from mobius_ros.common import atomic
 from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.common.images import IMAGE_SUFFIXES, image_files
 from mobius_ros.export import io_spec
-from mobius_ros.export.engine_cache import file_sha256
 
 QUANTIZED_OPS = ('Conv', 'MatMul', 'Gemm')
 
@@ -222,7 +222,7 @@ def quantize_export(
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 calibrate_method=CalibrationMethod.MinMax,
             )
-            graph['sha256'] = file_sha256(staging / graph['file'])
+            graph.update(atomic.digest(staging / graph['file']).to_dict())
         for extra in staging.glob('*.onnx.data'):  # quantiser side files, if any
             extra.unlink()
         digest = hashlib.sha256()
@@ -241,7 +241,9 @@ def quantize_export(
         if destination.exists():
             shutil.rmtree(destination)
         staging.chmod(0o755)  # mkdtemp makes it private
+        atomic.fsync_tree(staging)  # data on disk before the rename publishes the folder
         staging.rename(destination)
+        atomic.fsync_dir(destination.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

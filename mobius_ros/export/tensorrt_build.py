@@ -12,8 +12,6 @@ below reads the ONNX file with `onnx` and is tested on machines without a GPU.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -22,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mobius_ros.common import atomic
 from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
+    DAMAGED,
     BuildOptions,
     EngineAction,
     EnginePlan,
@@ -186,7 +186,7 @@ def _calibrator(trt: object, feeds: list[Feeds], cache: Path, log: Log) -> objec
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data: object) -> None:
-            cache.write_bytes(bytes(data))  # type: ignore[call-overload]
+            atomic.write_bytes(cache, bytes(data))  # type: ignore[call-overload]
 
     return _Calibrator()
 
@@ -266,7 +266,7 @@ def build_engine(
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise ModelLoadError(f'TensorRT failed to build {onnx_path.name} (see the log above)')
-        _write_atomic(engine_path, bytes(serialized))
+        atomic.write_bytes(engine_path, bytes(serialized))
         del calibrator
     finally:
         context.pop()
@@ -290,18 +290,6 @@ def _finish(expected: Sidecar, onnx_path: Path, seconds: float) -> Sidecar:
         build_seconds=round(seconds, 2),
         built_at=datetime.now(timezone.utc).isoformat(timespec='seconds'),
     )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_engine(
@@ -332,9 +320,14 @@ def ensure_engine(
     policy: str,
     calibration: Iterable[Feeds] = (),
     log: Log = print,
+    warn: Log | None = None,
     device: int = 0,
 ) -> Path:
     """The engine of `onnx_path` under `plan`: loaded as is, rebuilt, or refused by policy.
+
+    Args:
+        warn: where the one line about a damaged engine goes (default: `log`); a build of a
+            missing or mismatched engine is said through `log`.
 
     Raises:
         ModelLoadError: the policy refuses a missing or mismatched engine, or the build fails.
@@ -345,7 +338,9 @@ def ensure_engine(
     )
     if action is EngineAction.BUILD:
         verb = 'rebuilding' if engine_path.is_file() else 'building'
-        log(f'[build] {verb} {engine_path}: ' + '; '.join(reasons))
+        damaged = any(reason.startswith(DAMAGED) for reason in reasons)
+        say = (warn or log) if damaged else log
+        say(f'[build] {verb} {engine_path}: ' + '; '.join(reasons))
         build_engine(
             onnx_path,
             engine_path,

@@ -10,16 +10,21 @@ export folder loads without torch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mobius_ros.common import atomic
 from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 from mobius_ros.runtime.exported import FORMAT, ExportedModel, RunnerFactory, onnxruntime_factory
@@ -161,23 +166,11 @@ class _TorchText:
 def _open_export(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, object, int]:
     """ONNX Runtime / TensorRT: an export folder, exported from a checkpoint on first use."""
     if source.is_dir():
+        # The user's own export is not a cache: damage there is an error naming the file.
         exported = ExportedModel.open(source)
+        _check_canvas(exported, config)
     else:
-        key = export_cache_key(source, config.input_size)
-        directory = Path(config.engine_dir).expanduser() / key
-        if not (directory / io_spec.MODEL_JSON).is_file():
-            if config.build_policy == 'never':
-                raise ModelLoadError(
-                    f'no export of {source} in {directory} and build_policy is never; run'
-                    f' `mobius export --checkpoint {source} --out {directory}`'
-                )
-            _export_checkpoint(source, directory, config.input_size)
-        exported = ExportedModel.open(directory)
-    if exported.input_size != tuple(config.input_size):
-        raise ModelLoadError(
-            f'{exported.directory} was exported for a {exported.input_size} canvas, but'
-            f' input_size is {tuple(config.input_size)}; re-export or change input_size'
-        )
+        exported = _cached_export(source, config)
     factory = (
         onnxruntime_factory()
         if config.backend == 'onnxruntime'
@@ -188,6 +181,118 @@ def _open_export(source: Path, config: SegmenterConfig) -> tuple[GraphRunners, o
     lazy = config.backend == 'onnxruntime'
     encoder = exported.text_encoder(factory, lazy=lazy)
     return exported.runners(factory), encoder, exported.num_queries
+
+
+def _check_canvas(exported: ExportedModel, config: SegmenterConfig) -> None:
+    if exported.input_size != tuple(config.input_size):
+        raise ModelLoadError(
+            f'{exported.directory} was exported for a {exported.input_size} canvas, but'
+            f' input_size is {tuple(config.input_size)}; re-export or change input_size'
+        )
+
+
+def fallback_export_root() -> Path:
+    """Where exports go when `engine_dir` cannot be written (read-only, full)."""
+    return Path(tempfile.gettempdir()) / 'mobius_ros' / 'engines'
+
+
+def _cached_export(source: Path, config: SegmenterConfig) -> ExportedModel:
+    """The export of checkpoint `source` in `<engine_dir>/<export_key>/`, verified; exported
+    again (one warning) when missing or damaged, into a temporary folder (one warning) when
+    `engine_dir` cannot be written."""
+    key = export_cache_key(source, config.input_size)
+    directory = Path(config.engine_dir).expanduser() / key
+    exported = _load_cached(directory, config)
+    if exported is not None:
+        return exported
+    if config.build_policy == 'never':
+        raise ModelLoadError(
+            f'no usable export of {source} in {directory} and build_policy is never; run'
+            f' `mobius export --checkpoint {source} --out {directory}`'
+        )
+    problem = _unwritable(directory.parent)
+    if problem is None:
+        try:
+            return _export_verified(source, directory, config)
+        except _CacheWriteError as error:
+            problem = str(error)
+    fallback = fallback_export_root() / key
+    _LOG.warning(
+        'cannot write the export cache %s (%s); exporting into %s for this run',
+        directory.parent,
+        problem,
+        fallback.parent,
+    )
+    exported = _load_cached(fallback, config)
+    if exported is not None:
+        return exported
+    return _export_verified(source, fallback, config)
+
+
+def _load_cached(directory: Path, config: SegmenterConfig) -> ExportedModel | None:
+    """The verified export in `directory`; None if there is none or it was damaged (then it
+    is said once and moved out of the way, so that it is exported again)."""
+    if not directory.exists():
+        return None
+    try:
+        exported = ExportedModel.open(directory)
+        _check_canvas(exported, config)
+        return exported
+    except ModelLoadError as error:
+        problem = str(error)
+    if config.build_policy == 'never':
+        raise ModelLoadError(
+            f'the cached export {directory} is damaged ({problem}) and build_policy is never;'
+            ' delete it, or set build_policy "if_missing" to export it again'
+        )
+    _LOG.warning('cached export %s is damaged (%s); exporting it again', directory, problem)
+    _discard(directory)
+    return None
+
+
+def _discard(directory: Path) -> None:
+    # Renamed first, so no other reader picks it up while it is being deleted.
+    trash = directory.with_name(f'.{directory.name}.damaged-{time.time_ns()}')
+    try:
+        directory.rename(trash)
+    except OSError:
+        return  # an unwritable cache: the export goes to the fallback folder instead
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be written in `folder` (None: one can), tried with a real write."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f'.write-test-{os.getpid()}'
+        atomic.write_bytes(probe, b'\0' * 4096)
+        probe.unlink()
+    except OSError as error:
+        return f'{type(error).__name__}: {error}'
+    return None
+
+
+def _export_verified(source: Path, directory: Path, config: SegmenterConfig) -> ExportedModel:
+    _export_checkpoint(source, directory, config.input_size)
+    exported = ExportedModel.open(directory)
+    _check_canvas(exported, config)
+    return exported
+
+
+class _CacheWriteError(ModelLoadError):
+    """The export failed because its folder could not be written (read-only, full, quota)."""
+
+
+# errno values of a cache folder that cannot take the export (EPERM, EACCES, ENOTDIR, EFBIG,
+# ENOSPC, EROFS, EDQUOT): the export is retried in a temporary folder.
+_WRITE_ERRNOS = tuple(
+    f'[Errno {getattr(errno, name)}]'
+    for name in ('EPERM', 'EACCES', 'ENOTDIR', 'EFBIG', 'ENOSPC', 'EROFS', 'EDQUOT')
+    if hasattr(errno, name)
+)
 
 
 def _export_checkpoint(source: Path, directory: Path, input_size: tuple[int, int]) -> None:
@@ -209,7 +314,12 @@ def _export_checkpoint(source: Path, directory: Path, input_size: tuple[int, int
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()][-6:]
-        raise ModelLoadError(
+        kind = (
+            _CacheWriteError
+            if any(code in done.stderr for code in _WRITE_ERRNOS)
+            else ModelLoadError
+        )
+        raise kind(
             f'cannot export checkpoint {source} to ONNX (`mobius export` exited with'
             f' {done.returncode}):\n' + '\n'.join(lines)
         )
@@ -240,7 +350,12 @@ def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> Runne
 
     def make(name: str, path: Path) -> TensorRTRunner:
         engine = ensure_engine(
-            path, plan, policy=config.build_policy, log=_LOG.info, device=device
+            path,
+            plan,
+            policy=config.build_policy,
+            log=_LOG.info,
+            warn=_LOG.warning,
+            device=device,
         )
         return TensorRTRunner(engine, device=device, name=name)
 

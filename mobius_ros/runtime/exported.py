@@ -44,16 +44,20 @@ class ExportedModel:
     meta: dict[str, Any]
 
     @classmethod
-    def open(cls, directory: str | Path, *, verify_hashes: bool = False) -> ExportedModel:
-        """Read and check model.json and that every graph file exists.
+    def open(cls, directory: str | Path, *, verify_hashes: bool = True) -> ExportedModel:
+        """Read and check model.json and every file it names (graphs, tokenizer).
+
+        Each file's size (and, with `verify_hashes`, sha256) is compared with the one model.json
+        recorded, so a file cut short by a power cut, flipped by a bad disk or copied in from
+        another export is named here rather than failing inside ONNX Runtime's parser. Exports
+        older than recorded sizes are checked by sha256 alone.
 
         Args:
-            verify_hashes: also compare each graph's sha256 with model.json (slow for big
-                graphs; the engine builder checks hashes anyway).
+            verify_hashes: also compare each file's sha256 (about 0.1 s per 100 MB).
 
         Raises:
             ModelLoadError: missing or unreadable model.json, wrong format, missing or altered
-                graph files.
+                files; the message names the file and what is wrong with it.
         """
         directory = Path(directory).expanduser()
         path = directory / io_spec.MODEL_JSON
@@ -65,14 +69,21 @@ class ExportedModel:
             ) from None
         except (OSError, ValueError) as error:
             raise ModelLoadError(f'cannot read {path}: {error}') from error
+        if not isinstance(meta, dict):
+            raise ModelLoadError(f'cannot read {path}: not a JSON object')
         if meta.get('format') != FORMAT:
             raise ModelLoadError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
-        for name, graph in meta['graphs'].items():
-            file = directory / graph['file']
-            if not file.is_file():
-                raise ModelLoadError(f'graph {name!r} is missing: {file}')
-            if verify_hashes and file_sha256(file) != graph['sha256']:
-                raise ModelLoadError(f'graph {file} does not match the hash in {path}')
+        graphs = meta.get('graphs')
+        if not isinstance(graphs, dict) or not graphs:
+            raise ModelLoadError(f'{path} lists no graphs')
+        for name, graph in graphs.items():
+            if not isinstance(graph, dict) or not isinstance(graph.get('file'), str):
+                raise ModelLoadError(f'{path}: graph {name!r} names no file')
+            _check_file(directory / graph['file'], graph, f'graph {name!r}', path, verify_hashes)
+        tokenizer = meta.get('tokenizer')
+        if isinstance(tokenizer, dict) and isinstance(tokenizer.get('file'), str):
+            file = directory / tokenizer['file']
+            _check_file(file, tokenizer, 'tokenizer', path, verify_hashes)
         return cls(directory, meta)
 
     @property
@@ -210,6 +221,26 @@ class GraphTextEncoder:
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
+
+
+def _check_file(
+    file: Path, record: dict[str, Any], what: str, model_json: Path, verify_hashes: bool
+) -> None:
+    """`file` exists with the size (and sha256) `record` holds, else a ModelLoadError."""
+    if not file.is_file():
+        raise ModelLoadError(f'{what} is missing: {file}')
+    size = record.get('size')
+    if isinstance(size, int) and file.stat().st_size != size:
+        raise ModelLoadError(
+            f'{what} file {file} has {file.stat().st_size} bytes, {model_json.name} recorded'
+            f' {size} (cut short or replaced)'
+        )
+    sha256 = record.get('sha256')
+    if verify_hashes and isinstance(sha256, str) and file_sha256(file) != sha256:
+        raise ModelLoadError(
+            f'{what} file {file} does not match the sha256 recorded in {model_json} (corrupt'
+            ' or from another export)'
+        )
 
 
 def onnxruntime_factory(*, intra_op_threads: int | None = None) -> RunnerFactory:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import threading
 import unicodedata
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from mobius_ros.common import atomic
 from mobius_ros.common.errors import VocabularyError
 from mobius_ros.runtime.result import Task
 
 _LOG = logging.getLogger(__name__)
 
 AGNOSTIC_PHRASE = 'object'
-_FILE_VERSION = 1
+# Version 2: each file records the sha256 of its arrays (version 1 files are re-encoded).
+_FILE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,10 @@ class TextEmbeddingCache:
         encode_fn: phrases -> features with `tokens [K, L, D]`, `mask [K, L]`, `pooled [K, D]`
             (torch tensors or numpy arrays).
         identity: the text encoder's stable identity; features of different encoders never mix.
-        cache_dir: where phrase files live (None: memory only).
+        cache_dir: where phrase files live (None: memory only). A damaged file (truncated,
+            corrupt, foreign, another version) is re-encoded and rewritten with one warning; a
+            folder that cannot be written (read-only, full) leaves the cache in memory only,
+            with one warning.
         capacity: phrases kept in memory.
         dtype: storage dtype ('float32' or 'float16'); batches are always returned as float32.
         batch_size: phrases per encoder call when many are new (bounds peak memory).
@@ -223,6 +227,7 @@ class TextEmbeddingCache:
         self.directory = (
             None if cache_dir is None else Path(cache_dir).expanduser() / _safe_identity(identity)
         )
+        self._writable = True
         self._memory: OrderedDict[str, PhraseFeatures] = OrderedDict()
         # Guards the LRU only; encoding runs outside it so a slow encode of new phrases does not
         # stall a frame that only needs known ones.
@@ -319,41 +324,61 @@ class TextEmbeddingCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                if (
-                    str(data['phrase']) != phrase
-                    or str(data['identity']) != self.identity
-                    or int(data['version']) != _FILE_VERSION
-                ):
-                    return None
-                return PhraseFeatures(
-                    data['tokens'].astype(self.dtype),
-                    data['mask'].astype(bool),
-                    data['pooled'].astype(self.dtype),
-                )
-        except (OSError, ValueError, KeyError) as error:
-            # A truncated or foreign file is re-encoded and overwritten, and said so.
-            _LOG.warning('ignoring unreadable text cache file %s: %s', path, error)
-            return None
+                version = int(data['version'])
+                if version != _FILE_VERSION:
+                    problem = f'version {version}, this cache writes {_FILE_VERSION}'
+                elif str(data['identity']) != self.identity:
+                    problem = f'written by text encoder {str(data["identity"])!r}'
+                elif str(data['phrase']) != phrase:
+                    problem = f'holds phrase {str(data["phrase"])!r}'
+                else:
+                    features = PhraseFeatures(data['tokens'], data['mask'], data['pooled'])
+                    if str(data['sha256']) == _features_sha256(features):
+                        return PhraseFeatures(
+                            features.tokens.astype(self.dtype),
+                            features.mask.astype(bool),
+                            features.pooled.astype(self.dtype),
+                        )
+                    problem = 'its arrays do not match the sha256 recorded in it'
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            problem = f'unreadable ({type(error).__name__}: {error})'
+        # Re-encoded and overwritten, so each damaged file is reported once.
+        _LOG.warning('text cache file %s is damaged (%s); re-encoding %r', path, problem, phrase)
+        return None
 
     def _to_disk(self, phrase: str, features: PhraseFeatures) -> None:
-        if self.directory is None:
+        if self.directory is None or not self._writable:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(phrase)
-        # Write then rename: a reader (another node sharing the cache) never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix='.tmp')
         try:
-            with os.fdopen(fd, 'wb') as handle:
+            # Crash-safe: a reader (another node sharing the cache, the next start after a
+            # power cut) sees the old file or the new one, never half of one.
+            with atomic.atomic_path(path) as tmp, open(tmp, 'wb') as handle:
                 np.savez(
                     handle,
                     tokens=features.tokens,
                     mask=features.mask,
                     pooled=features.pooled,
+                    sha256=np.asarray(_features_sha256(features)),
                     phrase=np.asarray(phrase),
                     identity=np.asarray(self.identity),
                     version=np.asarray(_FILE_VERSION),
                 )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as error:
+            self._writable = False
+            _LOG.warning(
+                'cannot write the text cache in %s (%s); text embeddings are kept in memory'
+                ' only until restart',
+                self.directory,
+                error,
+            )
+
+
+def _features_sha256(features: PhraseFeatures) -> str:
+    """sha256 of a phrase's arrays: dtypes, shapes and bytes."""
+    hasher = hashlib.sha256()
+    for array in (features.tokens, features.mask, features.pooled):
+        array = np.ascontiguousarray(array)
+        hasher.update(f'{array.dtype.str}{array.shape}'.encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()

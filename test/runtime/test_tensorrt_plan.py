@@ -22,6 +22,7 @@ from mobius_ros.export.engine_cache import (
     EngineAction,
     EnginePlan,
     engine_plan,
+    file_sha256,
     read_sidecar,
     write_sidecar,
 )
@@ -143,6 +144,15 @@ def test_other_max_vocabulary_is_refused_naming_the_input(tmp_path: Path) -> Non
     # The mask head never sees the vocabulary, so its engine stays valid.
     _, action, _ = check_engine(exported.graph_path('mask_head'), plan, policy='never', env=ENV)
     assert action is EngineAction.LOAD
+    # The runtime hands over the hash model.json recorded (verified on open) instead of reading
+    # the graph again: that hash is the one compared.
+    recorded = file_sha256(exported.graph_path('mask_head'))
+    _, action, _ = check_engine(exported.graph_path('mask_head'), plan, policy='never', env=ENV,
+                                onnx_sha256=recorded)  # fmt: skip
+    assert action is EngineAction.LOAD
+    with pytest.raises(ModelLoadError, match='onnx_sha256'):
+        check_engine(exported.graph_path('mask_head'), plan, policy='never', env=ENV,
+                     onnx_sha256='0' * 64)  # fmt: skip
     # ... and a node configured like the build accepts all of them.
     _runtime_check(export, root, max_vocabulary=128)
 

@@ -327,14 +327,13 @@ class Fuzzer:
         self.probe_timeout = probe_timeout
         self.rng = np.random.default_rng(seed)
         self._stamp = 1000
-        self._outputs: dict[int, int] = {}
         self._seen_stamps: set[int] = set()
         self._original: dict[str, Any] = {}
-        raw = self.client.node.create_subscription(
+        # Stamps of every instance_mask, for an O(1) "did this frame give an output".
+        self._mask_subscription = self.client.node.create_subscription(
             _message('sensor_msgs/msg/Image'), f'{namespace}/instance_mask',
             lambda msg: self._seen_stamps.add(int(msg.header.stamp.sec)), 50,
         )  # fmt: skip
-        self._keep = [raw]
         self._camera = self.client.node.create_publisher(
             _message('sensor_msgs/msg/Image'), f'{namespace}/image', 10
         )

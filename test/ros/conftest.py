@@ -90,6 +90,20 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 StartNode = Callable[..., NodeProcess]
 
 
+@pytest.fixture(scope='session')
+def tiny_node(checkpoint: Path) -> dict[str, Any]:
+    """Parameters of the small, fast node most ROS tests run: the random-init tiny checkpoint
+    on PyTorch, a 64x96 canvas, one phrase and every instance kept."""
+    return {
+        'checkpoint': str(checkpoint),
+        'backend': 'torch',
+        'input_height': 64,
+        'input_width': 96,
+        'vocabulary': ['red box'],
+        'score_threshold': 0.0,
+    }
+
+
 @pytest.fixture(scope='module')
 def start_node(interfaces: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartNode]:
     """Start `python -m mobius_ros.ros.node` with parameters; stopped at module end."""

@@ -9,7 +9,6 @@ and still give an output for every good frame and every odd but decodable one. T
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,19 +20,14 @@ CASES = 60
 
 
 def test_every_input_kind_leaves_the_node_alive_answering_and_publishing(
-    start_node: Any, checkpoint: Path
+    start_node: Any, tiny_node: dict[str, Any]
 ) -> None:
     from bench.fuzz_node import KINDS, fuzz, totals
 
     def start() -> Any:
         node = start_node(
             namespace=NAMESPACE,
-            checkpoint=str(checkpoint),
-            backend='torch',
-            input_height=64,
-            input_width=96,
-            vocabulary=['red box'],
-            score_threshold=0.0,
+            **tiny_node,
         )
         assert node.wait_ready(timeout=120) is None, node.excerpt()
         return node

@@ -8,7 +8,6 @@ the parameter service with a reason, and the node keeps the old value and keeps 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +28,10 @@ def _image(rgb: np.ndarray, stamp: int) -> Any:
 
 
 @pytest.fixture(scope='module')
-def node(start_node: Any, checkpoint: Path) -> Any:
+def node(start_node: Any, tiny_node: dict[str, Any]) -> Any:
     process = start_node(
         namespace=NAMESPACE,
-        checkpoint=str(checkpoint),
-        backend='torch',
-        input_height=64,
-        input_width=96,
-        vocabulary=['red box'],
-        score_threshold=0.0,
+        **tiny_node,
     )
     assert process.wait_for_log('active: listening', timeout=90), process.log()
     return process

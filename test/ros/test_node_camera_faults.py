@@ -9,7 +9,6 @@ node runs on sim time with no /clock publisher.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,15 +22,10 @@ OK, WARN, ERROR = 0, 1, 2
 
 
 @pytest.fixture(scope='module')
-def node(start_node: Any, checkpoint: Path) -> Any:
+def node(start_node: Any, tiny_node: dict[str, Any]) -> Any:
     process = start_node(
         namespace=NAMESPACE,
-        checkpoint=str(checkpoint),
-        backend='torch',
-        input_height=64,
-        input_width=96,
-        vocabulary=['red box'],
-        score_threshold=0.0,
+        **tiny_node,
         diagnostics_period=0.2,
         stale_warn_s=1.0,
         stale_error_s=2.0,

@@ -9,6 +9,7 @@ the node's state: `_segmenter`, `_factory`, `_values`, `_pubs`, `_vocab_lock`, `
 from __future__ import annotations
 
 import functools
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -203,6 +204,12 @@ class ServiceHandlers:
         asks = [bool(request.phrases), request.agnostic, bool(request.expression)]
         if sum(asks) > 1:
             response.message = 'give at most one of phrases, agnostic and expression'
+            return response
+        if math.isnan(request.score_threshold):  # neither a threshold nor "the node's own"
+            response.message = (
+                "score_threshold is NaN: give one in [0, 1], or a negative value for the node's"
+                ' current setting'
+            )
             return response
         if len(request.image.data):
             msg: Any = request.image

@@ -35,12 +35,18 @@ def fresh_diagnostics(client: Any, timeout: float = 3.0) -> dict[str, str]:
     return last_diagnostics(client.received.messages.get('diagnostics', []))
 
 
-def node_floor_ms(client: Any) -> float | None:
-    """The feasible floor the node reports in /diagnostics (None if it reported none)."""
-    try:
-        return float(fresh_diagnostics(client).get('latency_floor_ms', 'n/a'))
-    except ValueError:
-        return None
+def node_floor_ms(client: Any, timeout: float = 10.0) -> float | None:
+    """The feasible floor the node reports in /diagnostics (None if no report within `timeout`
+    carried one: on a loaded machine the first report after a frame can take a few periods)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        report = fresh_diagnostics(client, timeout=max(min(left, 3.0), 0.0))
+        try:
+            return float(report.get('latency_floor_ms', 'n/a'))
+        except ValueError:
+            if left <= 0:
+                return None
 
 
 def choose_budget(unbudgeted_ms: list[float], fraction: float = 0.9) -> float:

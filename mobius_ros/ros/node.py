@@ -393,7 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         node.release()
         node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            rclpy.try_shutdown()
+        except _rclpy.RCLError:  # the signal handler shut it down between check and shutdown
+            if rclpy.ok():
+                raise
     return 0
 
 

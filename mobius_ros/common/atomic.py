@@ -105,3 +105,17 @@ def fsync_tree(directory: str | Path) -> None:
             with contextlib.suppress(OSError), open(os.path.join(root, name), 'rb') as handle:
                 os.fsync(handle.fileno())
         fsync_dir(root)
+
+
+def unwritable(folder: str | Path) -> str | None:
+    """Why no file can be written in `folder` (None: one can), found by a real 4 KiB write, so
+    a read-only mount, a full disk, a quota or a file in the way all answer the same way."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f'.write-test-{os.getpid()}'
+        write_bytes(probe, b'\0' * 4096)
+        probe.unlink()
+    except OSError as error:
+        return f'{type(error).__name__}: {error}'
+    return None

@@ -324,6 +324,41 @@ def check_engine(
     return engine_path, action, reasons
 
 
+def locate_engine(
+    onnx_path: str | Path,
+    plan: EnginePlan,
+    *,
+    policy: str,
+    env: Mapping[str, str],
+    onnx_sha256: str | None = None,
+    fallback_root: str | Path | None = None,
+) -> tuple[Path, EngineAction, list[str], EnginePlan, str | None]:
+    """`check_engine`, and where an engine must be built but `plan.directory` cannot be written
+    (read-only, full, a file in the way), the same check in `fallback_root` (same
+    `<export_key>/<precision>/` layout), where an engine built by an earlier run may still be.
+
+    Engines that are already valid load from a read-only folder (a deployed image). Returns the
+    engine path, the action, its reasons, the plan that holds the engine and why the planned
+    folder was left (None when it was not).
+    """
+    engine_path, action, reasons = check_engine(
+        onnx_path, plan, policy=policy, env=env, onnx_sha256=onnx_sha256
+    )
+    if action is not EngineAction.BUILD or fallback_root is None:
+        return engine_path, action, reasons, plan, None
+    problem = atomic.unwritable(plan.directory)
+    if problem is None:
+        return engine_path, action, reasons, plan, None
+    moved = replace(
+        plan,
+        directory=Path(fallback_root) / plan.directory.parent.name / plan.directory.name,
+    )
+    engine_path, action, reasons = check_engine(
+        onnx_path, moved, policy=policy, env=env, onnx_sha256=onnx_sha256
+    )
+    return engine_path, action, reasons, moved, problem
+
+
 def ensure_engine(
     onnx_path: str | Path,
     plan: EnginePlan,
@@ -334,21 +369,36 @@ def ensure_engine(
     warn: Log | None = None,
     device: int = 0,
     onnx_sha256: str | None = None,
+    fallback_root: str | Path | None = None,
 ) -> Path:
     """The engine of `onnx_path` under `plan`: loaded as is, rebuilt, or refused by policy.
 
     Args:
-        warn: where the one line about a damaged engine goes (default: `log`); a build of a
-            missing or mismatched engine is said through `log`.
+        warn: where the one line about a damaged engine, or an engine folder that cannot be
+            written, goes (default: `log`); a build of a missing or mismatched engine is said
+            through `log`.
         onnx_sha256: the graph's already verified hash (see `expected_sidecar`).
+        fallback_root: where engines go when the plan's folder cannot be written (None: the
+            build fails there with the file system's error).
 
     Raises:
         ModelLoadError: the policy refuses a missing or mismatched engine, or the build fails.
     """
     onnx_path = Path(onnx_path)
-    engine_path, action, reasons = check_engine(
-        onnx_path, plan, policy=policy, env=environment(device), onnx_sha256=onnx_sha256
+    engine_path, action, reasons, used, problem = locate_engine(
+        onnx_path,
+        plan,
+        policy=policy,
+        env=environment(device),
+        onnx_sha256=onnx_sha256,
+        fallback_root=fallback_root,
     )
+    if problem is not None:
+        (warn or log)(
+            f'[build] cannot write the engine cache {plan.directory.parents[1]} ({problem});'
+            f' engines go to {used.directory.parents[1]} instead'
+        )
+    plan = used
     if action is EngineAction.BUILD:
         verb = 'rebuilding' if engine_path.is_file() else 'building'
         damaged = any(reason.startswith(DAMAGED) for reason in reasons)

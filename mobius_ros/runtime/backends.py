@@ -210,7 +210,7 @@ def _cached_export(source: Path, config: SegmenterConfig) -> ExportedModel:
             f'no usable export of {source} in {directory} and build_policy is never; run'
             f' `mobius export --checkpoint {source} --out {directory}`'
         )
-    problem = _unwritable(directory.parent)
+    problem = atomic.unwritable(directory.parent)
     if problem is None:
         try:
             return _export_verified(source, directory, config)
@@ -261,18 +261,6 @@ def _discard(directory: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         trash.unlink(missing_ok=True)
-
-
-def _unwritable(folder: Path) -> str | None:
-    """Why no file can be written in `folder` (None: one can), tried with a real write."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f'.write-test-{os.getpid()}'
-        atomic.write_bytes(probe, b'\0' * 4096)
-        probe.unlink()
-    except OSError as error:
-        return f'{type(error).__name__}: {error}'
-    return None
 
 
 def _export_verified(source: Path, directory: Path, config: SegmenterConfig) -> ExportedModel:
@@ -347,6 +335,13 @@ def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> Runne
 
     device = int(config.device.split(':')[1]) if config.device.startswith('cuda:') else 0
     plan = tensorrt_plan(exported, config)
+    said: set[str] = set()
+
+    def warn_once(message: str) -> None:
+        # every graph of an unwritable engine cache would say the same line
+        if message not in said:
+            said.add(message)
+            _LOG.warning(message)
 
     def make(name: str, path: Path) -> TensorRTRunner:
         engine = ensure_engine(
@@ -354,8 +349,9 @@ def _tensorrt_factory(exported: ExportedModel, config: SegmenterConfig) -> Runne
             plan,
             policy=config.build_policy,
             log=_LOG.info,
-            warn=_LOG.warning,
+            warn=warn_once,
             device=device,
+            fallback_root=fallback_export_root(),
             # ExportedModel.open has just checked the recorded hash against the file (an
             # export without one is hashed by the engine check instead).
             onnx_sha256=exported.meta['graphs'][name].get('sha256'),

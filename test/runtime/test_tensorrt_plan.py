@@ -26,7 +26,7 @@ from mobius_ros.export.engine_cache import (
     read_sidecar,
     write_sidecar,
 )
-from mobius_ros.export.tensorrt_build import check_engine, expected_sidecar
+from mobius_ros.export.tensorrt_build import check_engine, expected_sidecar, locate_engine
 from mobius_ros.runtime.backends import tensorrt_plan
 from mobius_ros.runtime.exported import ExportedModel
 from mobius_ros.runtime.segmenter import SegmenterConfig
@@ -205,3 +205,52 @@ def test_plan_needs_the_export_key_and_query_count(tmp_path: Path) -> None:
     assert plan.options.ranges['Q'] == (1, 2, 4) and '--queries 1:2:4' in plan.build_hint
     with pytest.raises(ValueError, match='max_vocabulary'):
         engine_plan(tmp_path, {'config': {}, 'export_key': KEY}, max_vocabulary=0)
+
+
+def _blocked_root(tmp_path: Path) -> Path:
+    """An engine root that cannot be written by anyone, root included: a file is in the way."""
+    (tmp_path / 'not-a-folder').write_text('a file where the engine cache should be')
+    return tmp_path / 'not-a-folder' / 'engines'
+
+
+def test_unwritable_engine_cache_builds_into_the_fallback_folder(tmp_path: Path) -> None:
+    export = _export(tmp_path / 'export')
+    exported = ExportedModel.open(export)
+    root, fallback = _blocked_root(tmp_path), tmp_path / 'tmp-engines'
+    plan = tensorrt_plan(exported, SegmenterConfig(backend='tensorrt', engine_dir=str(root)))
+    graph = exported.graph_path('mask_head')
+    path, action, reasons, used, problem = locate_engine(
+        graph, plan, policy='if_missing', env=ENV, fallback_root=fallback
+    )
+    assert action is EngineAction.BUILD and problem is not None and 'Error' in problem
+    assert path == fallback / KEY / 'fp16' / 'mask_head.engine'
+    assert used.directory == fallback / KEY / 'fp16' and used.options == plan.options
+    # What that build leaves behind is found there by the next start: loaded, not rebuilt.
+    _build_ahead(used, export)
+    path, action, reasons, _, problem = locate_engine(
+        graph, plan, policy='if_missing', env=ENV, fallback_root=fallback
+    )
+    assert (path, action, reasons) == (used.engine_path('mask_head'), EngineAction.LOAD, [])
+    assert problem is not None  # still said: the configured cache is still unwritable
+    # Without a fallback the plan is unchanged (the build would fail with the OS error).
+    path, action, _, used, problem = locate_engine(graph, plan, policy='if_missing', env=ENV)
+    assert (path.parent, action, used, problem) == (plan.directory, EngineAction.BUILD, plan, None)
+
+
+def test_valid_engines_load_without_a_write_probe(tmp_path: Path) -> None:
+    """A deployed image may ship engines in a read-only folder: where every engine is valid,
+    nothing is written (not even the probe), so they load from there."""
+    export = _export(tmp_path / 'export')
+    exported = ExportedModel.open(export)
+    root = tmp_path / 'cache'
+    plan = tensorrt_plan(exported, SegmenterConfig(backend='tensorrt', engine_dir=str(root)))
+    _build_ahead(plan, export)
+    fallback = tmp_path / 'tmp-engines'
+    for name in GRAPHS:
+        path, action, _, used, problem = locate_engine(
+            exported.graph_path(name), plan, policy='if_mismatched', env=ENV,
+            fallback_root=fallback,
+        )  # fmt: skip
+        assert (path, action, used) == (plan.engine_path(name), EngineAction.LOAD, plan)
+        assert problem is None
+    assert not fallback.exists()  # no write probe, no folder, where nothing had to be built

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +122,37 @@ def unwritable(folder: str | Path) -> str | None:
     except OSError as error:
         return f'{type(error).__name__}: {error}'
     return None
+
+
+# What a writer killed mid-write leaves behind: `atomic_path`'s `.<name>.<random>.tmp` files, an
+# export's staged `.<name>.tmp-<ns>` folder, a quantisation's `.quantize-<random>` folder and a
+# damaged artefact moved aside as `.<name>.damaged-<ns>` before it is deleted.
+_LEFTOVER = re.compile(r'^\.(.+\.tmp|.+\.tmp-\d+|quantize-.+|.+\.damaged-\d+)$')
+# A leftover this young may be another process's write in progress (an export takes minutes).
+LEFTOVER_AGE_S = 3600.0
+
+
+def sweep_leftovers(folder: str | Path, *, older_than_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in `folder` (not below
+    it), once they are older than `older_than_s`; returns what was deleted. Never raises: a
+    cache that cannot be cleaned is still a cache."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _LEFTOVER.match(entry.name):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < older_than_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed

@@ -400,6 +400,7 @@ def ensure_engine(
         )
     plan = used
     if action is EngineAction.BUILD:
+        atomic.sweep_leftovers(plan.directory)  # an engine write killed midway
         verb = 'rebuilding' if engine_path.is_file() else 'building'
         damaged = any(reason.startswith(DAMAGED) for reason in reasons)
         say = (warn or log) if damaged else log

@@ -202,6 +202,8 @@ def _cached_export(source: Path, config: SegmenterConfig) -> ExportedModel:
     `engine_dir` cannot be written."""
     key = export_cache_key(source, config.input_size)
     directory = Path(config.engine_dir).expanduser() / key
+    for root in (directory.parent, fallback_export_root()):
+        atomic.sweep_leftovers(root)  # staged folders of exports killed mid-write
     exported = _load_cached(directory, config)
     if exported is not None:
         return exported

@@ -228,6 +228,8 @@ class TextEmbeddingCache:
             None if cache_dir is None else Path(cache_dir).expanduser() / _safe_identity(identity)
         )
         self._writable = True
+        if self.directory is not None:
+            atomic.sweep_leftovers(self.directory)  # files of a process killed mid-write
         self._memory: OrderedDict[str, PhraseFeatures] = OrderedDict()
         # Guards the LRU only; encoding runs outside it so a slow encode of new phrases does not
         # stall a frame that only needs known ones.

@@ -294,3 +294,46 @@ def test_read_only_engine_dir_exports_into_a_temporary_folder(
         _assert_degrades(clean, engines, tmp_path, caplog, monkeypatch)
     finally:
         engines.chmod(0o700)
+
+
+def test_staged_folder_of_an_export_killed_midway_is_cleaned_up(
+    clean: Clean, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILL `mobius export` while it writes; the next start removes what it left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    engines = _copy_cache(clean, tmp_path).parent
+    target = engines / clean.export.name
+    child = subprocess.Popen(
+        [
+            sys.executable, '-m', 'mobius_ros.cli', 'export', '--checkpoint',
+            str(clean.checkpoint), '--out', str(target), '--input-size',
+            *(str(v) for v in CANVAS),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    staged: list[Path] = []
+    while time.monotonic() < deadline and child.poll() is None:
+        staged = [p for p in engines.glob(f'.{target.name}.tmp-*') if any(p.glob('*.onnx'))]
+        if staged:
+            break
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert staged, 'the export finished before a graph was written; cannot kill it midway'
+    (leftover,) = staged
+    assert leftover.exists()
+    fresh = engines / f'.{target.name}.tmp-{time.time_ns()}'  # another export in progress
+    fresh.mkdir()
+    hour_ago = time.time() - 2 * 3600
+    os.utime(leftover, (hour_ago, hour_ago))
+    run = _segment(clean, clean.images, engines, tmp_path, caplog)
+    assert run.code == 0 and run.results == clean.results and run.warnings == []
+    assert not leftover.exists()
+    assert fresh.exists()  # too young to be a dead writer's: left alone
+    assert sorted(p.name for p in engines.iterdir()) == sorted([target.name, fresh.name])

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -234,3 +235,14 @@ def test_full_disk_stays_in_memory_with_one_warning(tmp_path: Path) -> None:
     assert 'cannot write the text cache' in done.stderr and 'File too large' in done.stderr
     assert not list((tmp_path / 'text').rglob('*.npz'))
     assert not list((tmp_path / 'text').rglob('*.tmp'))
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_on_open(tmp_path: Path) -> None:
+    _get(tmp_path, ['cat'])
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    dead = folder / f'.{next(folder.iterdir()).name}.x81k.tmp'  # what atomic_path leaves
+    dead.write_bytes(b'half a phrase file')
+    then = time.time() - 7200
+    os.utime(dead, (then, then))
+    _, hits, _ = _get(tmp_path, ['cat'])
+    assert hits == 1 and not dead.exists()

@@ -71,6 +71,7 @@ class MobiusNode(ServiceHandlers, CameraHealth, LifecycleNode):
 
     def __init__(self, node_name: str = 'mobius', **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._guard_change_state()
         self._values = params.declare(self)
         self._launched = {key: self._values[key] for key in STATE_KEYS}
         self._state_path = None
@@ -131,6 +132,32 @@ class MobiusNode(ServiceHandlers, CameraHealth, LifecycleNode):
                           clock=Clock(clock_type=ClockType.STEADY_TIME))  # fmt: skip
 
     # Lifecycle ---------------------------------------------------------------------------------
+
+    def _guard_change_state(self) -> None:
+        """Answer a transition that is not valid from the current state (`ros2 lifecycle set
+        /mobius configure` while active, an unknown id) with success false, as the lifecycle
+        design says: rclpy's handler raises RCLError there, and an exception out of a service
+        callback ends the executor, and with it the node."""
+        service = getattr(self, '_service_change_state', None)
+        if service is None:  # a node built without the lifecycle services
+            return
+        handler = service.callback
+
+        def change_state(request: Any, response: Any) -> Any:
+            try:
+                return handler(request, response)
+            except Exception as error:
+                _, current = self._state_machine.current_state
+                transition = request.transition
+                self.get_logger().warning(
+                    f'lifecycle transition id {transition.id} label {transition.label[:80]!r}'
+                    f' refused in state {current!r}: {str(error).split(", at ")[0]}',
+                    throttle_duration_sec=1.0,
+                )
+                response.success = False
+                return response
+
+        service.callback = change_state
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._invalid:

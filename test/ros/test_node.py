@@ -338,6 +338,16 @@ def test_enable_and_lifecycle(node: NodeProcess, ros_client: Client) -> None:
     assert change(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
     assert change(Transition.TRANSITION_CONFIGURE) and change(Transition.TRANSITION_ACTIVATE)
     _publish_until(ros_client, _image(_picture(), stamp=54), masks, 54)
+    # Transitions not valid from the current state (`ros2 lifecycle set` of the wrong one, an
+    # unknown id or label) are refused, and the node stays active: rclpy's own handler raises
+    # there, which would end the node.
+    assert not change(Transition.TRANSITION_CONFIGURE)
+    assert not change(Transition.TRANSITION_CLEANUP)
+    assert not change(99)
+    request = ChangeState.Request(transition=Transition(label='no such transition'))
+    assert not ros_client.call(ChangeState, _topic('mobius/change_state'), request).success
+    assert node.alive() and state() == State.PRIMARY_STATE_ACTIVE
+    _publish_until(ros_client, _image(_picture(), stamp=55), masks, 55)
 
 
 def test_referring_answer_agrees_with_mobius_segment(

@@ -40,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ('images', 'set_vocabulary', 'get_vocabulary', 'segment', 'enable', 'parameters')
+KINDS = (
+    'images', 'set_vocabulary', 'get_vocabulary', 'segment', 'enable', 'parameters', 'lifecycle',
+)  # fmt: skip
 NAMESPACE = '/mobius_fuzz'
 GOOD_SIZE = (48, 80)  # height, width of the probe frames
 
@@ -254,6 +256,47 @@ def parameter_request(rng: np.random.Generator) -> Any:
     )
 
 
+# lifecycle_msgs ids: transitions a client may ask for, and the primary state each leads to.
+# The shutdown transitions (5, 6, 7 and the label "shutdown") are left out: they finalize the
+# node by design, which ends a run rather than tests one.
+GOAL_STATE = {1: 2, 2: 1, 3: 3, 4: 2}  # configure, cleanup, activate, deactivate
+FROM_STATE = {1: 1, 2: 2, 3: 2, 4: 3}  # the one primary state each is valid from
+LABELS = {'configure': 1, 'cleanup': 2, 'activate': 3, 'deactivate': 4}
+_SHUTDOWN_IDS = frozenset({5, 6, 7})
+
+
+def lifecycle_request(rng: np.random.Generator) -> Any:
+    """A ChangeState request: a primary transition (valid or not for the current state), any
+    other id (the internal result transitions 10..62, out of range ones), or a label."""
+    from lifecycle_msgs.srv import ChangeState
+
+    request = ChangeState.Request()
+    draw = rng.random()
+    if draw < 0.6:
+        request.transition.id = int(rng.integers(1, 5))
+    elif draw < 0.8:
+        request.transition.id = int(
+            rng.choice([i for i in range(256) if i not in _SHUTDOWN_IDS])
+        )
+    else:
+        request.transition.label = str(
+            rng.choice([*LABELS, 'Configure', 'activate ', 'unconfigured', 'x' * 300, 'ü'])
+        )
+        request.transition.id = int(rng.choice([0, 1, 3, 200]))
+    return request
+
+
+def expected_transition(request: Any, state: int) -> tuple[bool, int]:
+    """(success, state after) of `request` from primary `state`, as lifecycle_msgs defines it:
+    a label names the transition (an unknown label fails), else the id; a transition not
+    valid from `state` fails and leaves it."""
+    label = request.transition.label
+    tid = LABELS.get(label, -1) if label else request.transition.id
+    if FROM_STATE.get(tid) != state:
+        return False, state
+    return True, GOAL_STATE[tid]
+
+
 # Driver ----------------------------------------------------------------------------------------
 
 
@@ -394,6 +437,7 @@ class Fuzzer:
         from rcl_interfaces.srv import SetParameters
         from std_srvs.srv import SetBool
 
+        self._activate()
         self._call(SetBool, 'enable', SetBool.Request(data=True))
         writable = [
             Parameter(name=name, value=value)
@@ -402,6 +446,24 @@ class Fuzzer:
         ]
         self._call(SetParameters, 'mobius/set_parameters',
                    SetParameters.Request(parameters=writable))  # fmt: skip
+
+    def _state(self) -> int | None:
+        from lifecycle_msgs.srv import GetState
+
+        reply = self._call(GetState, 'mobius/get_state', GetState.Request())
+        return None if reply is None else int(reply.current_state.id)
+
+    def _activate(self) -> None:
+        """Back to active from unconfigured or inactive (a lifecycle case may leave either)."""
+        from lifecycle_msgs.srv import ChangeState
+
+        for _ in range(2):
+            state = self._state()
+            if state not in (1, 2):
+                return
+            request = ChangeState.Request()
+            request.transition.id = 1 if state == 1 else 3
+            self._call(ChangeState, 'mobius/change_state', request)
 
     def probe(self, counts: KindCounts) -> None:
         """A good frame must give its output."""
@@ -559,6 +621,30 @@ class Fuzzer:
                     counts.wrong_answers += 1
                     counts.note(f'{name}: accepted {_plain(accepted[name])!r}, reads'
                                 f' {_plain(value)!r}')  # fmt: skip
+
+    def _case_lifecycle(self, counts: KindCounts) -> None:
+        from lifecycle_msgs.srv import ChangeState
+
+        before = self._state()
+        if not self._answered(counts, before, 'get_state'):
+            return
+        request = lifecycle_request(self.rng)
+        reply = self._call(ChangeState, 'mobius/change_state', request)
+        if not self._answered(counts, reply, 'change_state'):
+            return
+        after = self._state()
+        if not self._answered(counts, after, 'get_state'):
+            return
+        success, state = expected_transition(request, before)
+        counts.accepted += int(reply.success)
+        counts.refused += int(not reply.success)
+        if (bool(reply.success), after) != (success, state):
+            counts.wrong_answers += 1
+            counts.note(
+                f'change_state id {request.transition.id} label {request.transition.label!r}'
+                f' from {before}: success {reply.success}, state {after};'
+                f' expected {success}, {state}'
+            )
 
     # Run -------------------------------------------------------------------------------------
 

@@ -43,5 +43,5 @@ def test_every_input_kind_leaves_the_node_alive_answering_and_publishing(
     images = results['images']
     assert images.decodable_frames > 0 and images.good_frames_probed >= CASES // 20, report
     # The cases reached both sides of each service: some refused, some accepted.
-    for kind in ('set_vocabulary', 'segment', 'parameters'):
+    for kind in ('set_vocabulary', 'segment', 'parameters', 'lifecycle'):
         assert results[kind].refused > 0 and results[kind].accepted > 0, (kind, report)

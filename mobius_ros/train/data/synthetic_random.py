@@ -126,7 +126,8 @@ def _outline_polys(
         if rng.random() < config.rounding_probability:
             outer = _fillet(outer, rng.uniform(0.15, 0.4))
     hole = 0.55 * outer if shape == 'ring' else None
-    if hole is None and rng.random() < config.outline_probability:
+    # a circle's outline would be a ring: circles and rings stay filled
+    if hole is None and shape != 'circle' and rng.random() < config.outline_probability:
         hole = rng.uniform(0.5, 0.75) * outer
     if config.aspect_max > 1.0:
         stretch = float(np.exp(rng.uniform(-np.log(config.aspect_max), np.log(config.aspect_max))))
@@ -239,7 +240,10 @@ def generate_randomised_scene(
 
     h, w = config.image_hw
     short = min(h, w)
-    light = _Lighting(rng, config.lighting)
+    # appearance (colours, fills, lighting, degradations) draws from its own stream, so the
+    # photometric axes never move the geometry of a scene
+    look = np.random.default_rng(rng.integers(2**63))
+    light = _Lighting(look, config.lighting)
     if config.background_photos and rng.random() < config.photo_probability:
         background = 'photo'
         image = photo_background(rng, config.background_photos, (h, w))
@@ -301,7 +305,7 @@ def generate_randomised_scene(
             continue
         cx0, cy0, cx1, cy1, cover, mask, full, truncated = placed
         fill = _fill(
-            rng, (cx0, cy0, cx1, cy1), name=colour, texture=texture, config=config, light=light
+            look, (cx0, cy0, cx1, cy1), name=colour, texture=texture, config=config, light=light
         )
         alpha = (cover if antialias else (cover >= 0.5).astype(np.float32))[..., None]
         region = canvas[cy0:cy1, cx0:cx1]
@@ -311,7 +315,7 @@ def generate_randomised_scene(
         instances.append(Instance(shape, colour, size, texture, mask, held_out, truncated=truncated))
         full_areas.append(full)
     image = np.clip(np.round(light.apply(canvas)), 0, 255).astype(np.uint8)
-    image = _degrade(rng, image, config)
+    image = _degrade(look, image, config)
     for inst in instances:
         inst.finalise()
     scene = Scene(image=image, instances=instances, background=background)

@@ -179,3 +179,21 @@ def test_mixed_size_batches_collate_with_correct_masks() -> None:
     for g in range(3):
         assert len({grouped[4 * g + b].image_hw for b in range(4)}) == 1
 
+
+
+def test_synth_command_randomised_mixed_sizes(tmp_path) -> None:
+    import json
+
+    from mobius_ros.cli import main
+    from mobius_ros.ops.masks import rle_decode
+
+    args = ['synth', '--out', str(tmp_path), '--split', 'train', '--num', '6', '--randomised']
+    assert main([*args, '--sizes', '64', '96', '--size-weights', '1', '1']) == 0
+    coco = json.loads((tmp_path / 'annotations' / 'instances_train.json').read_text())
+    sizes = {(im['height'], im['width']) for im in coco['images']}
+    assert sizes <= {(64, 64), (96, 96)} and len(sizes) == 2
+    by_id = {im['id']: im for im in coco['images']}
+    for ann in coco['annotations']:
+        im = by_id[ann['image_id']]
+        assert rle_decode(ann['segmentation']).shape == (im['height'], im['width'])
+    assert main([*args, '--sizes', '64', '--size-weights', '1', '2']) == 2

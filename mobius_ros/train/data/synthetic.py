@@ -18,7 +18,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -463,8 +463,13 @@ def write_split(
     image_hw: tuple[int, int] = (128, 128),
     seed: int = 0,
     config: SynthConfig | None = None,
+    sizes: tuple[int, ...] = (),
+    size_weights: tuple[float, ...] = (),
 ) -> dict[str, Path]:
     """Write `num` scenes of `split` as PNGs plus COCO instances and RefCOCO-style refs JSON.
+
+    `sizes` (square sides, optionally weighted) draws each image natively at a side picked from
+    (seed, index), as training's `SyntheticScenes` does; empty keeps `config.image_hw`.
 
     Layout: `images/<split>/<id>.png`, `annotations/instances_<split>.json`,
     `annotations/refs_<split>.json`. Returns those paths (keys 'images', 'instances', 'refs').
@@ -478,8 +483,18 @@ def write_split(
     (out / 'annotations').mkdir(parents=True, exist_ok=True)
     category_id = {s: i + 1 for i, s in enumerate(SHAPES)}
     images, annotations, refs = [], [], []
+    if size_weights and len(size_weights) != len(sizes):
+        raise ValueError('size_weights needs one weight per size')
+    weights = np.asarray(size_weights or [1.0] * len(sizes), np.float64)
     for index in range(num):
-        scene = generate_scene(scene_rng(seed, split, index), split=split, config=config)
+        scene_config = config
+        if sizes:
+            pick = np.random.default_rng([seed, 11, index]).choice(
+                len(sizes), p=weights / weights.sum()
+            )
+            side = int(sizes[int(pick)])
+            scene_config = replace(config, image_hw=(side, side))
+        scene = generate_scene(scene_rng(seed, split, index), split=split, config=scene_config)
         image_id = index + 1
         file_name = f'{image_id:06d}.png'
         cv2.imwrite(str(image_dir / file_name), scene.image[..., ::-1])

@@ -197,3 +197,34 @@ def test_synth_command_randomised_mixed_sizes(tmp_path) -> None:
         im = by_id[ann['image_id']]
         assert rle_decode(ann['segmentation']).shape == (im['height'], im['width'])
     assert main([*args, '--sizes', '64', '--size-weights', '1', '2']) == 2
+
+
+def test_randomised_study_recipe_draws_native_sizes_per_batch(tmp_path) -> None:
+    from pathlib import Path
+
+    from mobius_ros.train.build_data import build_batches, synth_config
+    from mobius_ros.train.recipes import RECIPES, SynthSpec, load_recipe
+
+    study = load_recipe(str(Path(__file__).parents[2] / 'configs/studies/demo_randomised.yaml'))
+    assert study.synth.domain == 'randomised' and study.synth.sizes[0] == 160
+    assert study.replace(synth=SynthSpec(), name='demo', max_long_side=160) == RECIPES['demo']
+    photos = tmp_path / 'coco128' / 'train2017'
+    photos.mkdir(parents=True)
+    cv2.imwrite(str(photos / 'a.jpg'), np.full((80, 120, 3), 128, np.uint8))
+    rooted = study.with_data_root(tmp_path)
+    assert rooted.synth.background_photos == str(photos)
+    assert synth_config(rooted).background_photos == (str(photos / 'a.jpg'),)
+    small = rooted.replace(
+        batch_size=2, synth=dataclasses.replace(rooted.synth, sizes=(64, 96), size_weights=())
+    )
+    stream = build_batches(small)
+    shapes = set()
+    for _ in range(6):
+        batch = next(stream)
+        assert len(set(batch.image_sizes)) == 1  # one size per batch
+        shapes.add(batch.image_sizes[0])
+    assert shapes == {(64, 64), (96, 96)}
+    with pytest.raises(FileNotFoundError, match='never downloaded'):
+        synth_config(study.with_data_root(tmp_path / 'nowhere'))
+    with pytest.raises(ValueError, match='synth.domain'):
+        SynthSpec(domain='wild')

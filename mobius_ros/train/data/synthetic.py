@@ -102,8 +102,8 @@ class SynthConfig:
     rounding_probability: float = 0.0  # polygon corners filleted (up to 40 % of each edge)
     outline_probability: float = 0.0  # drawn as a thick outline (the shape minus a shrunk copy)
     truncation_probability: float = 0.0  # centre may lie past the border; the mask is clipped
-    antialias_probability: float = 0.0  # soft edges: pixels blend by coverage, mask = cover >= 50 %
-    shading_probability: float = 0.0  # a brightness/saturation gradient within the colour's region
+    antialias_probability: float = 0.0  # soft edges blend by coverage; mask = coverage >= 50 %
+    shading_probability: float = 0.0  # a value/saturation gradient inside the colour's region
     noise_max: float = 0.0  # gaussian noise, sigma uniform in [0, noise_max] grey levels
     blur_probability: float = 0.0  # gaussian blur, sigma 0.3-1.2 px
     jpeg_probability: float = 0.0  # JPEG round trip, quality 40-90

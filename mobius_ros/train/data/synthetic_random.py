@@ -183,7 +183,7 @@ def _fill(
         _, (s_lo, s_hi), (v_lo, v_hi) = COLOUR_REGIONS[name]
         other = None
         for _ in range(10):
-            hue, sat, val = colorsys.rgb_to_hsv(*(target / 255.0))
+            hue = colorsys.rgb_to_hsv(*(target / 255.0))[0]
             cand = colorsys.hsv_to_rgb(hue, rng.uniform(s_lo, s_hi), rng.uniform(v_lo, v_hi))
             cand = np.asarray(cand, np.float32) * 255.0
             if np.abs(light.apply(np.clip(light.invert(cand), 0, 255)) - cand).max() < 1.5:
@@ -312,7 +312,9 @@ def generate_randomised_scene(
         canvas[cy0:cy1, cx0:cx1] = region * (1 - alpha) + fill * alpha
         for inst in instances:
             inst.mask &= ~mask
-        instances.append(Instance(shape, colour, size, texture, mask, held_out, truncated=truncated))
+        instances.append(
+            Instance(shape, colour, size, texture, mask, held_out, truncated=truncated)
+        )
         full_areas.append(full)
     image = np.clip(np.round(light.apply(canvas)), 0, 255).astype(np.uint8)
     image = _degrade(look, image, config)

@@ -69,7 +69,9 @@ class _Lighting:
         return x * 255.0
 
 
-def in_region(rgb: np.ndarray, name: str, *, hue_margin: float = 0.0, sv_margin: float = 0.0):
+def in_region(
+    rgb: np.ndarray, name: str, *, hue_margin: float = 0.0, sv_margin: float = 0.0
+) -> bool:
     """Whether an RGB colour (0-255) lies in `COLOUR_REGIONS[name]`, optionally widened."""
     (lo, hi), (s_lo, s_hi), (v_lo, v_hi) = COLOUR_REGIONS[name]
     r, g, b = (float(v) / 255.0 for v in rgb)

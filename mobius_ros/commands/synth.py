@@ -1,5 +1,7 @@
 """`mobius synth --out DIR --split train --num 500 --size 128 --seed 0`: synthetic scenes.
 
+`--randomised` draws domain-randomised scenes, `--sizes 160 320 640` native mixed sizes.
+
 Writes COCO instances JSON, RefCOCO-style referring JSON and PNG images (see
 `mobius_ros/train/data/synthetic.py`); the same seed gives the same files.
 """
@@ -52,6 +54,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="'fixed': one RGB value per colour name (the default scenes); 'hsv': uniform over"
         ' the HSV region each name covers (COLOUR_REGIONS in mobius_ros/train/data/synthetic.py)',
     )
+    parser.add_argument(
+        '--randomised',
+        action='store_true',
+        help='domain-randomised scenes (SynthConfig.randomised: size, aspect, rotation, rounded'
+        ' corners, outlines, truncation, anti-aliasing, shading, lighting, noise, blur, JPEG;'
+        ' HSV colours)',
+    )
+    parser.add_argument(
+        '--sizes',
+        type=int,
+        nargs='+',
+        default=None,
+        metavar='N',
+        help='draw each image natively at one of these square sides (overrides --size)',
+    )
+    parser.add_argument(
+        '--size-weights',
+        type=float,
+        nargs='+',
+        default=None,
+        metavar='W',
+        help='relative weight of each of --sizes (default: uniform)',
+    )
 
 
 def _photos(folder: Path | None) -> tuple[str, ...]:
@@ -70,6 +95,8 @@ def _photos(folder: Path | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from mobius_ros.train.data.synthetic import SynthConfig, write_split
 
     if args.num < 1 or args.max_objects < 1:
@@ -80,15 +107,35 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f'mobius synth: {error}')
         return 2
-    config = SynthConfig(
-        image_hw=args.size,
-        max_objects=args.max_objects,
-        colour_sampling=args.colour_sampling,
-        background_photos=photos,
-    )
+    sizes = tuple(args.sizes or ())
+    weights = tuple(args.size_weights or ())
+    if any(side < 32 for side in sizes):
+        print('mobius synth: --sizes must all be >= 32')
+        return 2
+    if weights and (len(weights) != len(sizes) or min(weights) < 0 or sum(weights) <= 0):
+        print('mobius synth: --size-weights needs one weight >= 0 per --sizes entry, sum > 0')
+        return 2
+    if args.randomised:
+        config = SynthConfig.randomised(image_hw=args.size, background_photos=photos)
+        config = replace(config, max_objects=args.max_objects)
+    else:
+        config = SynthConfig(
+            image_hw=args.size,
+            max_objects=args.max_objects,
+            colour_sampling=args.colour_sampling,
+            background_photos=photos,
+        )
     for split in args.split:
         start = time.perf_counter()
-        paths = write_split(args.out, split=split, num=args.num, seed=args.seed, config=config)
+        paths = write_split(
+            args.out,
+            split=split,
+            num=args.num,
+            seed=args.seed,
+            config=config,
+            sizes=sizes,
+            size_weights=weights,
+        )
         seconds = time.perf_counter() - start
         counts = json.loads(paths['instances'].read_text())
         refs = json.loads(paths['refs'].read_text())['refs']

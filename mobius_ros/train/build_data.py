@@ -8,7 +8,9 @@ endless stream of fresh scenes costs ~2 ms per 160 px image and never repeats.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -41,11 +43,21 @@ class SyntheticScenes:
         num_images: int = 0,
         transform: Transform | None = None,
         name: str = 'synthetic',
+        config: SynthConfig | None = None,
+        sizes: Sequence[int] = (),
+        size_weights: Sequence[float] = (),
+        size_group: int = 1,
     ) -> None:
         self.task = task
         self.split = split
         self.seed = seed
-        self.config = SynthConfig(image_hw=image_hw)
+        self.config = config or SynthConfig(image_hw=image_hw)
+        # mixed resolutions: item i is drawn natively at a side drawn from (seed, i // size_group),
+        # so the items of one batch of an endless stream (size_group = batch size) share a size
+        self.size_group = max(1, int(size_group))
+        self.sizes = tuple(int(s) for s in sizes)
+        weights = np.asarray(size_weights or [1.0] * len(self.sizes), np.float64)
+        self.size_p = weights / weights.sum() if self.sizes else None
         self.num_images = num_images or ENDLESS
         self.transform = transform
         self.name = name
@@ -54,9 +66,16 @@ class SyntheticScenes:
         return self.num_images
 
     def __getitem__(self, index: int) -> Sample:
+        config = self.config
+        if self.sizes:
+            pick = np.random.default_rng([self.seed, 11, index // self.size_group]).choice(
+                len(self.sizes), p=self.size_p
+            )
+            side = self.sizes[int(pick)]
+            config = dataclasses.replace(config, image_hw=(side, side))
         rng = scene_rng(self.seed, self.split, index)
-        scene = generate_scene(rng, split=self.split, config=self.config)
-        h, w = self.config.image_hw
+        scene = generate_scene(rng, split=self.split, config=config)
+        h, w = config.image_hw
         masks = np.stack([inst.mask for inst in scene.instances]).reshape(-1, h, w)
         boxes = np.asarray([inst.box_xyxy for inst in scene.instances], np.float32)
         boxes = boxes.reshape(-1, 4)
@@ -108,6 +127,10 @@ def build_dataset(spec: DatasetSpec, recipe: Recipe, transform: Transform) -> Se
             num_images=spec.num_images,
             transform=transform,
             name=spec.name,
+            config=synth_config(recipe),
+            sizes=recipe.synth.sizes,
+            size_weights=recipe.synth.size_weights,
+            size_group=recipe.batch_size,
         )
     if spec.source == 'coco':
         from mobius_ros.train.data.coco import CocoInstances
@@ -135,6 +158,27 @@ def build_dataset(spec: DatasetSpec, recipe: Recipe, transform: Transform) -> Se
         transform=transform,
         seed=recipe.seed,
     )
+
+
+def synth_config(recipe: Recipe) -> SynthConfig:
+    """The generator settings of a recipe's synthetic scenes (`recipe.synth`)."""
+    side = recipe.short_sides[0]
+    photos: tuple[str, ...] = ()
+    if recipe.synth.background_photos:
+        from mobius_ros.common.images import image_files
+
+        folder = Path(recipe.synth.background_photos)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f'synth.background_photos {folder} is not a folder (photos are never downloaded;'
+                ' pass --data-root if the path is relative)'
+            )
+        photos = tuple(str(p) for p in image_files(folder))
+        if not photos:
+            raise FileNotFoundError(f'synth.background_photos {folder} holds no images')
+    if recipe.synth.domain == 'randomised':
+        return SynthConfig.randomised(image_hw=(side, side), background_photos=photos)
+    return SynthConfig(image_hw=(side, side), background_photos=photos)
 
 
 class _Source:
@@ -165,7 +209,12 @@ def build_batches(
     Batch element b of step s on rank r is stream position (s * world_size + r) * B + b of the
     dataset the step drew, so ranks and steps never share an item within an epoch.
     """
-    from mobius_ros.train.data.transforms import train_transforms
+    from mobius_ros.train.data.transforms import (
+        Compose,
+        RandomHorizontalFlip,
+        ToTensor,
+        train_transforms,
+    )
 
     synthetic_only = all(s.source == 'synthetic' for s in recipe.datasets)
     # Synthetic scenes are drawn at the training size, so only flip (with left/right swapped in
@@ -173,6 +222,9 @@ def build_batches(
     transform = train_transforms(
         recipe.short_sides, recipe.max_long_side, crop_probability=0.0 if synthetic_only else 0.3
     )
+    if synthetic_only and recipe.synth.sizes:
+        # scenes are drawn natively at their own sizes: no resize
+        transform = Compose((RandomHorizontalFlip(0.5), ToTensor()))
     sources = [
         _Source(s, build_dataset(s, recipe, transform), recipe.seed) for s in recipe.datasets
     ]

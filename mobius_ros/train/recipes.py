@@ -64,6 +64,42 @@ class DatasetSpec:
             raise ValueError(f'dataset {self.name}: ratio must be positive')
 
 
+SYNTH_DOMAINS = ('default', 'randomised')
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """How the recipe's synthetic scenes are drawn (`mobius_ros/train/data/synthetic.py`).
+
+    Attributes:
+        domain: 'default' (the original generator) or 'randomised' (`SynthConfig.randomised`:
+            every randomisation axis on, HSV colours).
+        background_photos: folder of photos (relative paths lie under `--data-root`, e.g.
+            'coco128/train2017'); half the scenes get a crop of one as background. Never
+            downloaded: a missing folder is an error.
+        sizes: square scene sides drawn natively per sample (empty: `short_sides[0]`). With
+            sizes given, a synthetic-only recipe is not resized (flip only); the scenes of one
+            batch of an endless synthetic dataset share a size (finite ones are padded to the
+            largest).
+        size_weights: relative weight of each size (empty: uniform).
+    """
+
+    domain: str = 'default'
+    background_photos: str = ''
+    sizes: tuple[int, ...] = ()
+    size_weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.domain not in SYNTH_DOMAINS:
+            raise ValueError(f'synth.domain must be one of {SYNTH_DOMAINS}, got {self.domain!r}')
+        if any(side < 32 for side in self.sizes):
+            raise ValueError(f'synth.sizes must all be >= 32, got {self.sizes}')
+        if self.size_weights and len(self.size_weights) != len(self.sizes):
+            raise ValueError('synth.size_weights needs one weight per entry of synth.sizes')
+        if self.size_weights and (min(self.size_weights) < 0 or sum(self.size_weights) <= 0):
+            raise ValueError('synth.size_weights must be >= 0 with a positive sum')
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a training run needs besides the output directory.
@@ -102,6 +138,7 @@ class Recipe:
     log_every: int = 20
     checkpoint_every: int = 5000
     eval_images: int = 0
+    synth: SynthSpec = field(default_factory=SynthSpec)
     notes: str = field(default='', compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +172,10 @@ class Recipe:
             )
             for d in self.datasets
         )
-        return self.replace(datasets=datasets)
+        synth = dataclasses.replace(
+            self.synth, background_photos=under(self.synth.background_photos)
+        )
+        return self.replace(datasets=datasets, synth=synth)
 
 
 def _to_plain(value: Any) -> Any:

@@ -221,3 +221,31 @@ def test_photo_backgrounds_are_crops_of_the_given_files(tmp_path: Path) -> None:
             background_photos=(str(tmp_path / 'missing.png'),), photo_probability=1.0
         )
         generate_scene(scene_rng(0, 'train', 0), split='train', config=bad)
+
+
+def _scene_digest(config: SynthConfig, split: str, count: int = 6) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for i in range(count):
+        scene = generate_scene(scene_rng(0, split, i), split=split, config=config)
+        digest.update(scene.image.tobytes())
+        for inst in scene.instances:
+            digest.update(inst.mask.tobytes())
+            key = (inst.shape, inst.colour, inst.size, inst.texture, inst.box_xyxy)
+            digest.update(repr(key).encode())
+        digest.update(repr([(e['sentence'], e['target']) for e in scene.expressions]).encode())
+    return digest.hexdigest()
+
+
+def test_default_scenes_are_unchanged_by_the_randomisation_options() -> None:
+    # digests computed before the randomisation options existed
+    expected = {
+        ((128, 128), 'train'): '7d9acb790fa4882ab0d561157d8c0155b760cd752619924ecc712448ee8e49fb',
+        ((128, 128), 'test'): '796fb865f239617cb5f0c700095da056962ae42e59ad9448574b3a945d445a68',
+        ((160, 160), 'train'): '6d35d99a0f9322716aa9b535aa3c7421e1d11be0feea4b440f382c04da7fdb37',
+        ((160, 160), 'test'): '91dfe3ff2ff4acdd17a312790757a3134e4cbbfa9202919552437870478729fe',
+    }
+    for (hw, split), digest in expected.items():
+        assert _scene_digest(SynthConfig(image_hw=hw), split) == digest, (hw, split)
+    assert SynthConfig().classic and not SynthConfig.randomised().classic

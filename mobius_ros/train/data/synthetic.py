@@ -18,7 +18,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -91,12 +91,100 @@ class SynthConfig:
     # files, flipped at random; none given draws the same scenes as before the option existed
     background_photos: tuple[str, ...] = ()
     photo_probability: float = 0.5
+    # Domain randomisation (`SynthConfig.randomised` turns every axis on). With all of these at
+    # their defaults a scene is drawn by the original code path, byte for byte.
+    # Object size: radius as a fraction of the shorter side; the bands never overlap, so the
+    # name follows the drawn radius (small < 'large' lower bound), occlusion or truncation aside.
+    radius_small: tuple[float, float] = (0.07, 0.11)
+    radius_large: tuple[float, float] = (0.15, 0.22)
+    aspect_max: float = 1.0  # stretch one axis by a factor in [1/a, a] (circles become ellipses)
+    free_rotation: bool = False  # squares at any angle (they are otherwise drawn near upright)
+    rounding_probability: float = 0.0  # polygon corners filleted (up to 40 % of each edge)
+    outline_probability: float = 0.0  # drawn as a thick outline (the shape minus a shrunk copy)
+    truncation_probability: float = 0.0  # centre may lie past the border; the mask is clipped
+    antialias_probability: float = 0.0  # soft edges blend by coverage; mask = coverage >= 50 %
+    shading_probability: float = 0.0  # a value/saturation gradient inside the colour's region
+    noise_max: float = 0.0  # gaussian noise, sigma uniform in [0, noise_max] grey levels
+    blur_probability: float = 0.0  # gaussian blur, sigma 0.3-1.2 px
+    jpeg_probability: float = 0.0  # JPEG round trip, quality 40-90
+    lighting: bool = False  # per-scene gamma, brightness and white balance (see `_Lighting`)
 
     def __post_init__(self) -> None:
         if self.colour_sampling not in ('fixed', 'hsv'):
             raise ValueError(
                 f"colour_sampling must be 'fixed' or 'hsv', got {self.colour_sampling!r}"
             )
+        for name in ('radius_small', 'radius_large'):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 0.5:
+                raise ValueError(f'{name} must satisfy 0 < lo <= hi <= 0.5, got {(lo, hi)}')
+        if self.radius_small[1] >= self.radius_large[0]:
+            raise ValueError('radius_small must lie below radius_large, so size names stay true')
+        if self.aspect_max < 1.0:
+            raise ValueError(f'aspect_max must be >= 1, got {self.aspect_max}')
+        if self.noise_max < 0:
+            raise ValueError(f'noise_max must be >= 0, got {self.noise_max}')
+        for name in (
+            'rounding_probability',
+            'outline_probability',
+            'truncation_probability',
+            'antialias_probability',
+            'shading_probability',
+            'blur_probability',
+            'jpeg_probability',
+            'photo_probability',
+            'min_visible',
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f'{name} must lie in [0, 1], got {getattr(self, name)}')
+
+    @classmethod
+    def randomised(
+        cls, image_hw: tuple[int, int] = (160, 160), background_photos: tuple[str, ...] = ()
+    ) -> SynthConfig:
+        """Every randomisation axis on: the preset the randomised demo recipe trains on."""
+        return cls(
+            image_hw=image_hw,
+            min_visible=0.35,
+            colour_sampling='hsv',
+            background_photos=tuple(background_photos),
+            radius_small=(0.04, 0.11),
+            radius_large=(0.15, 0.35),
+            aspect_max=1.6,
+            free_rotation=True,
+            rounding_probability=0.3,
+            outline_probability=0.15,
+            truncation_probability=0.25,
+            antialias_probability=0.7,
+            shading_probability=0.4,
+            noise_max=6.0,
+            blur_probability=0.3,
+            jpeg_probability=0.3,
+            lighting=True,
+        )
+
+    @property
+    def classic(self) -> bool:
+        """Whether scenes come from the original drawing code (no randomisation axis on)."""
+        defaults = SynthConfig()
+        return all(
+            getattr(self, name) == getattr(defaults, name)
+            for name in (
+                'radius_small',
+                'radius_large',
+                'aspect_max',
+                'free_rotation',
+                'rounding_probability',
+                'outline_probability',
+                'truncation_probability',
+                'antialias_probability',
+                'shading_probability',
+                'noise_max',
+                'blur_probability',
+                'jpeg_probability',
+                'lighting',
+            )
+        )
 
 
 @dataclass
@@ -112,6 +200,7 @@ class Instance:
     # filled by `finalise` once no later object can occlude this one
     box_xyxy: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     area: int = 0
+    truncated: bool = False  # part of the object lies past the image border (randomised scenes)
 
     def finalise(self) -> None:
         x, y, w, h = cv2.boundingRect(self.mask.astype(np.uint8))
@@ -316,6 +405,10 @@ def generate_scene(
     """
     from mobius_ros.train.data.synthetic_expressions import referring_expressions
 
+    if not config.classic:
+        from mobius_ros.train.data.synthetic_random import generate_randomised_scene
+
+        return generate_randomised_scene(rng, split=split, config=config)
     h, w = config.image_hw
     if config.background_photos and rng.random() < config.photo_probability:
         background = 'photo'
@@ -370,8 +463,13 @@ def write_split(
     image_hw: tuple[int, int] = (128, 128),
     seed: int = 0,
     config: SynthConfig | None = None,
+    sizes: tuple[int, ...] = (),
+    size_weights: tuple[float, ...] = (),
 ) -> dict[str, Path]:
     """Write `num` scenes of `split` as PNGs plus COCO instances and RefCOCO-style refs JSON.
+
+    `sizes` (square sides, optionally weighted) draws each image natively at a side picked from
+    (seed, index), as training's `SyntheticScenes` does; empty keeps `config.image_hw`.
 
     Layout: `images/<split>/<id>.png`, `annotations/instances_<split>.json`,
     `annotations/refs_<split>.json`. Returns those paths (keys 'images', 'instances', 'refs').
@@ -385,8 +483,18 @@ def write_split(
     (out / 'annotations').mkdir(parents=True, exist_ok=True)
     category_id = {s: i + 1 for i, s in enumerate(SHAPES)}
     images, annotations, refs = [], [], []
+    if size_weights and len(size_weights) != len(sizes):
+        raise ValueError('size_weights needs one weight per size')
+    weights = np.asarray(size_weights or [1.0] * len(sizes), np.float64)
     for index in range(num):
-        scene = generate_scene(scene_rng(seed, split, index), split=split, config=config)
+        scene_config = config
+        if sizes:
+            pick = np.random.default_rng([seed, 11, index]).choice(
+                len(sizes), p=weights / weights.sum()
+            )
+            side = int(sizes[int(pick)])
+            scene_config = replace(config, image_hw=(side, side))
+        scene = generate_scene(scene_rng(seed, split, index), split=split, config=scene_config)
         image_id = index + 1
         file_name = f'{image_id:06d}.png'
         cv2.imwrite(str(image_dir / file_name), scene.image[..., ::-1])

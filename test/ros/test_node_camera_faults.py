@@ -241,3 +241,32 @@ def test_a_burst_drops_to_the_newest_frame_and_counts_the_drops(
     assert int(after['dropped_frames']) > int(before['dropped_frames'])
     assert int(after['frames']) > int(before['frames'])
     assert node.alive()
+
+
+def test_sim_clock_jumping_back_keeps_outputs_and_diagnostics(
+    node: Any, ros_client: Any, camera: Any
+) -> None:
+    """A bag played with --clock --loop: /clock runs, then jumps back to the bag's start."""
+    from rosgraph_msgs.msg import Clock
+
+    clock = ros_client.node.create_publisher(Clock, '/clock', 10)
+    try:
+
+        def tick(seconds: float) -> None:
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = int(seconds), round((seconds % 1) * 1e9)
+            clock.publish(msg)
+
+        for second in range(5000, 5005):
+            tick(second)
+            _until_output(ros_client, camera, _image(_rgb(second), stamp=second + 0.5))
+        for second in range(100, 105):  # the loop starts again: ROS time goes back ~4900 s
+            tick(second)
+            out = _until_output(ros_client, camera, _image(_rgb(second), stamp=second + 0.5))
+            assert (out.header.stamp.sec, out.header.stamp.nanosec) == (second, 500_000_000)
+        status = _wait_level(ros_client, OK, timeout=10)  # diagnostics still come, and say OK
+        assert int(_values(status)['stamps_backwards']) >= 1
+        assert node.alive()
+        assert 'Traceback' not in node.log(), node.log()
+    finally:
+        ros_client.node.destroy_publisher(clock)

@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--renderer',
         choices=('synthetic', 'independent'),
         default='synthetic',
-        help='scenes to evaluate on without --annotations: the training generator\'s split'
+        help="scenes to evaluate on without --annotations: the training generator's split"
         ' (default) or the independent evaluation renderer (`mobius render-eval`, rendered in'
         ' memory from --num, --size, --seed)',
     )
@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_set(tmp, num=args.num, size=size, seed=args.seed)
             data = coco_eval_set(
-                paths['annotations'], paths['images'], short_side=size,
+                paths['annotations'],
+                paths['images'],
+                short_side=size,
                 referring=paths['referring'],
             )
         source = f'independent renderer, {args.num} images at {size} px, seed {args.seed}'

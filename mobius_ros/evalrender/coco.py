@@ -1,8 +1,8 @@
 """Write rendered scenes as a COCO instances file, PNG images and a referring file.
 
-    out/instances.json   COCO instances (RLE masks; categories = the 8 shapes, ids from 1)
-    out/images/000001.png ...
-    out/referring.json   [{'image_id', 'ann_id', 'sentence', 'kind'}, ...]
+out/instances.json   COCO instances (RLE masks; categories = the 8 shapes, ids from 1)
+out/images/000001.png ...
+out/referring.json   [{'image_id', 'ann_id', 'sentence', 'kind'}, ...]
 """
 
 from __future__ import annotations
@@ -34,24 +34,41 @@ def render_set(*, num: int, size: int, seed: int) -> tuple[dict, list[dict], lis
     for index in range(num):
         scene = render_scene(seed, index, size)
         image_id = index + 1
-        images.append({'id': image_id, 'file_name': f'{image_id:06d}.png', 'height': size,
-                       'width': size})
+        images.append(
+            {'id': image_id, 'file_name': f'{image_id:06d}.png', 'height': size, 'width': size}
+        )
         pixels.append(scene.image)
         ids = []
         for inst in scene.instances:
             x0, y0, x1, y1 = inst.box_xyxy
             ids.append(len(annotations) + 1)
-            annotations.append({
-                'id': ids[-1], 'image_id': image_id, 'category_id': SHAPES.index(inst.shape) + 1,
-                'segmentation': rle(inst.mask), 'area': float(inst.area),
-                'bbox': [x0, y0, x1 - x0, y1 - y0], 'iscrowd': 0,
-                'attributes': {'colour': inst.colour, 'size': inst.size},
-            })
+            annotations.append(
+                {
+                    'id': ids[-1],
+                    'image_id': image_id,
+                    'category_id': SHAPES.index(inst.shape) + 1,
+                    'segmentation': rle(inst.mask),
+                    'area': float(inst.area),
+                    'bbox': [x0, y0, x1 - x0, y1 - y0],
+                    'iscrowd': 0,
+                    'attributes': {'colour': inst.colour, 'size': inst.size},
+                }
+            )
         for expr in scene.expressions:
-            referring.append({'image_id': image_id, 'ann_id': ids[expr['target']],
-                              'sentence': expr['sentence'], 'kind': expr['kind']})
-    coco = {'images': images, 'annotations': annotations, 'categories': categories(),
-            'info': {'description': f'evalrender seed {seed}, {num} images at {size} px'}}
+            referring.append(
+                {
+                    'image_id': image_id,
+                    'ann_id': ids[expr['target']],
+                    'sentence': expr['sentence'],
+                    'kind': expr['kind'],
+                }
+            )
+    coco = {
+        'images': images,
+        'annotations': annotations,
+        'categories': categories(),
+        'info': {'description': f'evalrender seed {seed}, {num} images at {size} px'},
+    }
     return coco, referring, pixels
 
 
@@ -62,8 +79,11 @@ def write_set(out: str | Path, *, num: int, size: int, seed: int) -> dict[str, P
     coco, referring, pixels = render_set(num=num, size=size, seed=seed)
     for record, image in zip(coco['images'], pixels):
         Image.fromarray(image).save(out / 'images' / record['file_name'])
-    paths = {'annotations': out / 'instances.json', 'images': out / 'images',
-             'referring': out / 'referring.json'}
+    paths = {
+        'annotations': out / 'instances.json',
+        'images': out / 'images',
+        'referring': out / 'referring.json',
+    }
     paths['annotations'].write_text(json.dumps(coco))
     paths['referring'].write_text(json.dumps(referring, indent=1) + '\n')
     return paths

@@ -27,7 +27,10 @@ def outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[li
 
     def regular(n: int, radius: float, phase: float = 0.0) -> list[tuple]:
         return [
-            (radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
+            (
+                radius * math.cos(phase + 2 * math.pi * k / n),
+                radius * math.sin(phase + 2 * math.pi * k / n),
+            )
             for k in range(n)
         ]
 
@@ -52,8 +55,22 @@ def outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[li
         rings = [points]
     elif shape == 'cross':
         a, b = 0.3 * r, 0.95 * r  # half arm width, half arm length (corner at radius ~r)
-        rings = [[(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b),
-                  (-a, a), (-b, a), (-b, -a), (-a, -a)]]
+        rings = [
+            [
+                (-a, -b),
+                (a, -b),
+                (a, -a),
+                (b, -a),
+                (b, a),
+                (a, a),
+                (a, b),
+                (-a, b),
+                (-a, a),
+                (-b, a),
+                (-b, -a),
+                (-a, -a),
+            ]
+        ]
     else:
         raise ValueError(f'unknown shape {shape!r}')
     c, s = math.cos(angle), math.sin(angle)

@@ -26,8 +26,12 @@ def _value(inst, word: str) -> float:
     """Larger is more extreme for `word`."""
     x, y = inst.centre
     return {
-        'largest': inst.area, 'smallest': -inst.area, 'leftmost': -x,
-        'rightmost': x, 'topmost': -y, 'bottommost': y,
+        'largest': inst.area,
+        'smallest': -inst.area,
+        'leftmost': -x,
+        'rightmost': x,
+        'topmost': -y,
+        'bottommost': y,
     }[word]
 
 
@@ -68,8 +72,11 @@ def resolve(sentence: str, instances: Sequence, size: int) -> list[int]:
             anchors = [a for a in instances if _describes(a, anchor_words.split())]
             if len(anchors) != 1:
                 return []
-            cands = [i for i, c in enumerate(instances)
-                     if c is not anchors[0] and _describes(c, head.split())]
+            cands = [
+                i
+                for i, c in enumerate(instances)
+                if c is not anchors[0] and _describes(c, head.split())
+            ]
             return [i for i in cands if _offset(instances[i], anchors[0], relation)[0] > 0]
     if words and words[0] in EXTREMES:
         cands = [i for i, c in enumerate(instances) if _describes(c, words[1:])]
@@ -84,12 +91,18 @@ def make_expressions(instances: Sequence, rng: np.random.Generator, size: int) -
     out = []
     for t, inst in enumerate(instances):
         # attribute: the fewest words that name it alone, sometimes one more than needed
-        for words in ([inst.shape], [inst.colour, inst.shape], [inst.size, inst.shape],
-                      [inst.size, inst.colour, inst.shape]):
+        for words in (
+            [inst.shape],
+            [inst.colour, inst.shape],
+            [inst.size, inst.shape],
+            [inst.size, inst.colour, inst.shape],
+        ):
             if sum(_describes(c, words) for c in instances) == 1:
                 if len(words) < 3 and rng.random() < 0.3:
                     words = [inst.size, inst.colour, inst.shape]
-                out.append({'sentence': 'the ' + ' '.join(words), 'target': t, 'kind': 'attribute'})
+                out.append(
+                    {'sentence': 'the ' + ' '.join(words), 'target': t, 'kind': 'attribute'}
+                )
                 break
         # extreme among its own shape
         same = [i for i, c in enumerate(instances) if c.shape == inst.shape]
@@ -97,11 +110,16 @@ def make_expressions(instances: Sequence, rng: np.random.Generator, size: int) -
             values = [_value(instances[i], str(word)) for i in same]
             win = _clear_winner(values, str(word), size)
             if win is not None and same[win] == t:
-                out.append({'sentence': f'the {word} {inst.shape}', 'target': t, 'kind': 'extreme'})
+                out.append(
+                    {'sentence': f'the {word} {inst.shape}', 'target': t, 'kind': 'extreme'}
+                )
                 break
         # relation to an anchor whose shape is unique in the scene
-        anchors = [a for a in instances if a is not inst and
-                   sum(c.shape == a.shape for c in instances) == 1]
+        anchors = [
+            a
+            for a in instances
+            if a is not inst and sum(c.shape == a.shape for c in instances) == 1
+        ]
         made = False
         for a in rng.permutation(len(anchors)) if anchors else []:
             anchor = anchors[int(a)]

@@ -57,7 +57,11 @@ def scene_seed(seed: int, index: int, size: int) -> np.random.Generator:
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """[H, W, 3] float32 0-255: flat, two-colour gradient, value noise or checker/stripes."""
     kind = rng.choice(['flat', 'gradient', 'noise', 'stripes'])
-    base = rng.uniform(20, 235, 3) * np.array([1, 1, 1]) if rng.random() < 0.5 else rng.uniform(20, 235, 3)
+    base = (
+        rng.uniform(20, 235, 3) * np.array([1, 1, 1])
+        if rng.random() < 0.5
+        else rng.uniform(20, 235, 3)
+    )
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == 'flat':
         img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
@@ -91,9 +95,7 @@ def render_scene(seed: int, index: int, size: int) -> Scene:
     """Scene `index` of set `seed` at `size` x `size` pixels, with its referring expressions."""
     if size < 32:
         raise ValueError(f'size must be at least 32 px, got {size}')
-    rng = scene_rng = scene_seed(seed, index, size)
-    del scene_rng
-    scene_rng = rng
+    rng = scene_seed(seed, index, size)
     img = background(rng, size)
     wanted = int(rng.integers(2, 8))
     placed: list[dict] = []  # shape, colour, size, radius, centre, cov, rgb
@@ -111,24 +113,33 @@ def render_scene(seed: int, index: int, size: int) -> Scene:
             if any(np.hypot(cx - p['cx'], cy - p['cy']) < 0.7 * (radius + p['r']) for p in placed):
                 continue
             cov = coverage(outline(shape, cx, cy, radius, rng.uniform(-spin, spin)), size, size)
-            trial = placed + [{'cov': cov, 'full': float(cov.sum())}]
+            trial = [*placed, {'cov': cov, 'full': float(cov.sum())}]
             visible = _visible(trial)
             if all(
                 v.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * p['full'])
                 for v, p in zip(visible, trial)
             ):
                 placed.append(
-                    {'shape': shape, 'colour': colour, 'size': size_word, 'r': radius,
-                     'cx': cx, 'cy': cy, 'cov': cov, 'full': float(cov.sum()), 'rgb': rgb}
+                    {
+                        'shape': shape,
+                        'colour': colour,
+                        'size': size_word,
+                        'r': radius,
+                        'cx': cx,
+                        'cy': cy,
+                        'cov': cov,
+                        'full': float(cov.sum()),
+                        'rgb': rgb,
+                    }
                 )
                 break
     for p in placed:
         img = img * (1 - p['cov'][..., None]) + p['rgb'] * p['cov'][..., None]
     # lighting: a soft multiplicative light from one side, then sensor noise
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    theta = scene_rng.uniform(0, 2 * np.pi)
-    light = 1 + scene_rng.uniform(0, 0.15) * (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5))
-    img = img * light[..., None] + scene_rng.normal(0, scene_rng.uniform(0, 4), img.shape)
+    theta = rng.uniform(0, 2 * np.pi)
+    light = 1 + rng.uniform(0, 0.15) * (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5))
+    img = img * light[..., None] + rng.normal(0, rng.uniform(0, 4), img.shape)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     instances = []
     for p, vis in zip(placed, _visible(placed)):

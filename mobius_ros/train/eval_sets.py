@@ -150,7 +150,9 @@ def referring_samples(path: str | Path, coco: dict, samples: list[Sample]) -> li
         mask = mask_utils.decode(segmentation).astype(bool)[None]
         x, y, w, h = (float(v) for v in ann['bbox'])
         ih, iw = sample.image_hw
-        box = np.array([[x * iw / ow, y * ih / oh, (x + w) * iw / ow, (y + h) * ih / oh]], np.float32)
+        box = np.array(
+            [[x * iw / ow, y * ih / oh, (x + w) * iw / ow, (y + h) * ih / oh]], np.float32
+        )
         out.append(
             Sample(
                 image=sample.image,

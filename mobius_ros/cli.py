@@ -17,6 +17,10 @@ from types import ModuleType
 COMMANDS: dict[str, tuple[str, str]] = {
     'flops': ('flops', 'per-component FLOPs table of a variant (paper Tab. 10-12)'),
     'synth': ('synth', 'generate a synthetic open-vocabulary scene dataset (COCO format)'),
+    'render-eval': (
+        'render_eval',
+        'render an evaluation set with the independent renderer (COCO + referring file)',
+    ),
     'train': ('train', 'train a MOBIUS model'),
     'distill': ('distill', 'teach a smaller student from a teacher on unlabelled images or bags'),
     'convert-glee': ('convert_glee', "convert GLEE's released checkpoints into ours"),

@@ -6,6 +6,8 @@
     mobius eval --export model_int8 --size 160   # an export folder through the runtime
     mobius eval --checkpoint m.safetensors --annotations instances_val2017.json \\
         --images val2017 --size 384 --tasks vocabulary,agnostic
+    mobius eval --annotations set/instances.json --images set/images --referring set/referring.json
+    mobius eval --renderer independent --num 200 --size 160 --seed 0
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '--annotations', type=Path, help='COCO instances JSON (default: synthetic test scenes)'
     )
     parser.add_argument('--images', type=Path, help='image folder of --annotations')
+    parser.add_argument(
+        '--referring',
+        type=Path,
+        help='referring file of --annotations (records of image_id, ann_id, sentence, kind;'
+        ' `mobius render-eval` writes one)',
+    )
+    parser.add_argument(
+        '--renderer',
+        choices=('synthetic', 'independent'),
+        default='synthetic',
+        help="scenes to evaluate on without --annotations: the training generator's split"
+        ' (default) or the independent evaluation renderer (`mobius render-eval`, rendered in'
+        ' memory from --num, --size, --seed)',
+    )
     parser.add_argument('--num', type=int, default=200, help='synthetic images (default 200)')
     parser.add_argument(
         '--size', type=int, help='synthetic image side / COCO short side (default: trained size)'
@@ -87,9 +103,28 @@ def run(args: argparse.Namespace) -> int:
     if args.annotations is not None:
         if args.images is None:
             raise SystemExit('--annotations needs --images')
-        data = coco_eval_set(args.annotations, args.images, short_side=size)
-        tasks = tuple(t for t in tasks if t != 'referring')  # no referring ground truth there
+        data = coco_eval_set(
+            args.annotations, args.images, short_side=size, referring=args.referring
+        )
+        if args.referring is None:
+            tasks = tuple(t for t in tasks if t != 'referring')  # no referring ground truth
         source = str(args.annotations)
+    elif args.referring is not None:
+        raise SystemExit('--referring needs --annotations and --images')
+    elif args.renderer == 'independent':
+        import tempfile
+
+        from mobius_ros.evalrender.coco import write_set
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = write_set(tmp, num=args.num, size=size, seed=args.seed)
+            data = coco_eval_set(
+                paths['annotations'],
+                paths['images'],
+                short_side=size,
+                referring=paths['referring'],
+            )
+        source = f'independent renderer, {args.num} images at {size} px, seed {args.seed}'
     else:
         data = synthetic_eval_set(num_images=args.num, size=size, split=args.split, seed=args.seed)
         source = f'synthetic {args.split} split, {args.num} images at {size} px, seed {args.seed}'

@@ -95,9 +95,18 @@ def _annotation(
 
 
 def coco_eval_set(
-    annotations: str | Path, images: str | Path, *, short_side: int, max_size: int = 1333
+    annotations: str | Path,
+    images: str | Path,
+    *,
+    short_side: int,
+    max_size: int = 1333,
+    referring: str | Path | None = None,
 ) -> EvalSet:
-    """A COCO instances file (e.g. coco_val128); referring is not evaluated on it."""
+    """A COCO instances file (e.g. coco_val128), with the referring expressions of `referring`.
+
+    `referring` is a JSON list of {'image_id', 'ann_id', 'sentence', 'kind'} (as `mobius
+    render-eval` writes); each record names one annotation of `annotations` as its target.
+    """
     from mobius_ros.train.data.coco import CocoInstances
 
     dataset = CocoInstances(
@@ -105,4 +114,57 @@ def coco_eval_set(
     )
     samples = [dataset[i] for i in range(len(dataset))]
     category_ids = {c.phrase: c.id for c in dataset.categories}
-    return EvalSet(samples, dataset.coco, category_ids, [])
+    refer = [] if referring is None else referring_samples(referring, dataset.coco, samples)
+    return EvalSet(samples, dataset.coco, category_ids, refer)
+
+
+def referring_samples(path: str | Path, coco: dict, samples: list[Sample]) -> list[Sample]:
+    """One referring sample per record of the referring file at `path`; bad records are errors."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    records = json.loads(Path(path).read_text())
+    if not isinstance(records, list):
+        raise ValueError(f'{path}: expected a JSON list of referring records')
+    by_image = {int(s.image_id): s for s in samples}
+    by_ann = {int(a['id']): a for a in coco['annotations']}
+    out = []
+    for n, record in enumerate(records):
+        missing = {'image_id', 'ann_id', 'sentence'} - set(record)
+        if missing:
+            raise ValueError(f'{path}: record {n} lacks {sorted(missing)}')
+        ann = by_ann.get(int(record['ann_id']))
+        sample = by_image.get(int(record['image_id']))
+        if ann is None or sample is None or int(ann['image_id']) != int(record['image_id']):
+            raise ValueError(
+                f'{path}: record {n} names annotation {record["ann_id"]} of image '
+                f'{record["image_id"]}, which the instances file does not have'
+            )
+        oh, ow = sample.orig_size
+        segmentation = ann['segmentation']
+        if isinstance(segmentation, list):
+            segmentation = mask_utils.merge(mask_utils.frPyObjects(segmentation, oh, ow))
+        elif isinstance(segmentation.get('counts'), list):
+            segmentation = mask_utils.frPyObjects(segmentation, oh, ow)
+        mask = mask_utils.decode(segmentation).astype(bool)[None]
+        x, y, w, h = (float(v) for v in ann['bbox'])
+        ih, iw = sample.image_hw
+        box = np.array(
+            [[x * iw / ow, y * ih / oh, (x + w) * iw / ow, (y + h) * ih / oh]], np.float32
+        )
+        out.append(
+            Sample(
+                image=sample.image,
+                boxes=box,
+                labels=np.zeros(1, np.int64),
+                masks=mask,
+                phrases=(str(record['sentence']),),
+                dataset='coco_eval_refer',
+                image_id=int(record['image_id']),
+                referring=True,
+                orig_size=(oh, ow),
+                meta={'kind': record.get('kind')} if record.get('kind') else {},
+            )
+        )
+    return out

@@ -42,11 +42,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         '--renderer',
-        choices=('synthetic', 'independent'),
+        choices=('synthetic', 'randomised', 'independent'),
         default='synthetic',
         help="scenes to evaluate on without --annotations: the training generator's split"
-        ' (default) or the independent evaluation renderer (`mobius render-eval`, rendered in'
-        ' memory from --num, --size, --seed)',
+        ' (default), the same split drawn by its domain-randomised preset (what the randomised'
+        ' recipes train on), or the independent evaluation renderer (`mobius render-eval`,'
+        ' rendered in memory from --num, --size, --seed)',
+    )
+    parser.add_argument(
+        '--background-photos',
+        type=Path,
+        help='a folder of photos the synthetic / randomised scenes are drawn over (never'
+        ' downloaded; e.g. ../shared/data/coco_val128/val2017, photos training never used)',
     )
     parser.add_argument('--num', type=int, default=200, help='synthetic images (default 200)')
     parser.add_argument(
@@ -126,8 +133,27 @@ def run(args: argparse.Namespace) -> int:
             )
         source = f'independent renderer, {args.num} images at {size} px, seed {args.seed}'
     else:
-        data = synthetic_eval_set(num_images=args.num, size=size, split=args.split, seed=args.seed)
-        source = f'synthetic {args.split} split, {args.num} images at {size} px, seed {args.seed}'
+        photos: tuple[str, ...] = ()
+        if args.background_photos is not None:
+            from mobius_ros.common.images import image_files
+
+            photos = tuple(str(p) for p in image_files(args.background_photos))
+            if not photos:
+                raise SystemExit(f'--background-photos {args.background_photos}: no images there')
+        randomised = args.renderer == 'randomised'
+        data = synthetic_eval_set(
+            num_images=args.num,
+            size=size,
+            split=args.split,
+            seed=args.seed,
+            randomised=randomised,
+            background_photos=photos,
+        )
+        source = (
+            f'synthetic {args.split} split{" (randomised)" if randomised else ""}, {args.num}'
+            f' images at {size} px, seed {args.seed}'
+            + (f', photos from {args.background_photos}' if photos else '')
+        )
     settings = EvalSettings(batch_size=args.batch_size, pruning_min_keep=args.min_keep)
     if model is None:
         from mobius_ros.train.eval_runtime import evaluate_export, open_export

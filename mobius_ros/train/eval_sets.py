@@ -25,12 +25,24 @@ from mobius_ros.train.eval_loop import EvalSet
 
 
 def synthetic_eval_set(
-    *, num_images: int = 200, size: int = 160, split: str = 'test', seed: int = 0
+    *,
+    num_images: int = 200,
+    size: int = 160,
+    split: str = 'test',
+    seed: int = 0,
+    randomised: bool = False,
+    background_photos: tuple[str, ...] = (),
 ) -> EvalSet:
-    """Scenes 0..num_images-1 of `split`; referring samples for every expression of each."""
+    """Scenes 0..num_images-1 of `split`; referring samples for every expression of each.
+
+    `randomised`: the generator's domain-randomised preset (`SynthConfig.randomised`, what the
+    randomised recipes train on), over `background_photos` when given."""
     to_tensor = ToTensor()
     rng = np.random.default_rng(0)  # ToTensor draws nothing; the argument is required
-    config = SynthConfig(image_hw=(size, size))
+    if randomised:
+        config = SynthConfig.randomised((size, size), background_photos=background_photos)
+    else:
+        config = SynthConfig(image_hw=(size, size), background_photos=background_photos)
     samples, referring, annotations = [], [], []
     for index in range(num_images):
         scene = generate_scene(scene_rng(seed, split, index), split=split, config=config)

@@ -235,3 +235,23 @@ def test_randomised_study_recipe_draws_native_sizes_per_batch(tmp_path) -> None:
         synth_config(study.with_data_root(tmp_path / 'nowhere'))
     with pytest.raises(ValueError, match=r'synth\.domain'):
         SynthSpec(domain='wild')
+
+
+def test_eval_set_of_the_randomised_preset_is_its_own_split() -> None:
+    """`mobius eval --renderer randomised`: the test split drawn by the preset, with ground truth
+    that is the preset's scenes (not the default generator's)."""
+    from mobius_ros.ops.image import normalize_image
+    from mobius_ros.train.data.synthetic import SynthConfig, generate_scene, scene_rng
+    from mobius_ros.train.eval_sets import synthetic_eval_set
+
+    default = synthetic_eval_set(num_images=3, size=96)
+    randomised = synthetic_eval_set(num_images=3, size=96, randomised=True)
+    for index in range(3):
+        scene = generate_scene(
+            scene_rng(0, 'test', index), split='test', config=SynthConfig.randomised((96, 96))
+        )
+        sample = randomised.samples[index]
+        image = sample.image.numpy()
+        np.testing.assert_allclose(image, normalize_image(scene.image), atol=1e-5)
+        assert len(sample.labels) == len(scene.instances)
+        assert not np.allclose(image, default.samples[index].image.numpy())

@@ -344,6 +344,15 @@ def photo_background(
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
+def scene_background(rng: np.random.Generator, config: SynthConfig) -> tuple[str, np.ndarray]:
+    """(kind, [H, W, 3] uint8 RGB) of a scene: a photo crop with `config.photo_probability`
+    where photos are given, else one of `BACKGROUNDS`."""
+    if config.background_photos and rng.random() < config.photo_probability:
+        return 'photo', photo_background(rng, config.background_photos, config.image_hw)
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    return background, _background(rng, background, config.image_hw)
+
+
 def _paint(
     rng: np.random.Generator,
     image: np.ndarray,
@@ -410,12 +419,7 @@ def generate_scene(
 
         return generate_randomised_scene(rng, split=split, config=config)
     h, w = config.image_hw
-    if config.background_photos and rng.random() < config.photo_probability:
-        background = 'photo'
-        image = photo_background(rng, config.background_photos, (h, w))
-    else:
-        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        image = _background(rng, background, (h, w))
+    background, image = scene_background(rng, config)
     instances: list[Instance] = []
     full_areas: list[int] = []
     for _ in range(int(rng.integers(config.min_objects, config.max_objects + 1))):

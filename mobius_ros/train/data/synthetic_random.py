@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 
 from mobius_ros.train.data.synthetic import (
-    BACKGROUNDS,
     COLOUR_REGIONS,
     COLOURS,
     SIZES,
@@ -31,12 +30,11 @@ from mobius_ros.train.data.synthetic import (
     Instance,
     Scene,
     SynthConfig,
-    _background,
     _polygon,
     _sample_attributes,
     hue_in,
-    photo_background,
     sample_colour,
+    scene_background,
 )
 
 _SHIFT = 4  # fractional bits of polygon vertices (sub-pixel geometry)
@@ -246,12 +244,7 @@ def generate_randomised_scene(
     # photometric axes never move the geometry of a scene
     look = np.random.default_rng(rng.integers(2**63))
     light = _Lighting(look, config.lighting)
-    if config.background_photos and rng.random() < config.photo_probability:
-        background = 'photo'
-        image = photo_background(rng, config.background_photos, (h, w))
-    else:
-        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        image = _background(rng, background, (h, w))
+    background, image = scene_background(rng, config)
     canvas = image.astype(np.float32)  # relit at the end with the objects
     bands = {'small': config.radius_small, 'large': config.radius_large}
     instances: list[Instance] = []

@@ -55,13 +55,10 @@ def scene_seed(seed: int, index: int, size: int) -> np.random.Generator:
 
 
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[H, W, 3] float32 0-255: flat, two-colour gradient, value noise or checker/stripes."""
+    """[H, W, 3] float32 0-255: flat, two-colour gradient, value noise or checker/stripes, on
+    a grey base half the time and a coloured one otherwise."""
     kind = rng.choice(['flat', 'gradient', 'noise', 'stripes'])
-    base = (
-        rng.uniform(20, 235, 3) * np.array([1, 1, 1])
-        if rng.random() < 0.5
-        else rng.uniform(20, 235, 3)
-    )
+    base = np.full(3, rng.uniform(20, 235)) if rng.random() < 0.5 else rng.uniform(20, 235, 3)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == 'flat':
         img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)

@@ -108,3 +108,18 @@ def test_coco_files_load_with_pycocotools(tmp_path):
     referring = json.loads(paths['referring'].read_text())
     assert referring and all(r['ann_id'] in coco.anns for r in referring)
     assert len(list(paths['images'].glob('*.png'))) == 4
+
+
+def test_backgrounds_are_grey_half_the_time() -> None:
+    import numpy as np
+
+    from mobius_ros.evalrender.scene import background
+
+    grey = 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        image = background(rng, 32)
+        # the base is grey when its channels agree everywhere up to the pattern (flat and
+        # stripes keep them equal; gradients and noise add other colours on top)
+        grey += bool(np.ptp(image[0, 0]) < 1e-3)
+    assert 40 <= grey <= 160, grey  # flat / stripes on a grey base: about a quarter

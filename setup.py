@@ -26,6 +26,7 @@ TRAIN = [
     'pycocotools>=2.0.7',
     'tensorboard>=2.14',
     'matplotlib>=3.7',
+    'pillow>=9',  # the independent evaluation renderer (mobius render-eval) draws with PIL
 ]
 GLEE = ['transformers>=4.40', 'fvcore>=0.1.5', 'iopath>=0.1.9', 'omegaconf>=2.1', 'lvis>=0.5.3',
         'einops>=0.6']

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mobius_ros.ops.boxes import box_xyxy_to_xywh
-from mobius_ros.ops.masks import rle_encode
+from mobius_ros.ops.masks import rle_encode, segmentation_to_mask
 from mobius_ros.train.data.sample import Sample
 from mobius_ros.train.data.synthetic import (
     SHAPES,
@@ -134,8 +134,6 @@ def referring_samples(path: str | Path, coco: dict, samples: list[Sample]) -> li
     """One referring sample per record of the referring file at `path`; bad records are errors."""
     import json
 
-    from pycocotools import mask as mask_utils
-
     records = json.loads(Path(path).read_text())
     if not isinstance(records, list):
         raise ValueError(f'{path}: expected a JSON list of referring records')
@@ -154,12 +152,7 @@ def referring_samples(path: str | Path, coco: dict, samples: list[Sample]) -> li
                 f'{record["image_id"]}, which the instances file does not have'
             )
         oh, ow = sample.orig_size
-        segmentation = ann['segmentation']
-        if isinstance(segmentation, list):
-            segmentation = mask_utils.merge(mask_utils.frPyObjects(segmentation, oh, ow))
-        elif isinstance(segmentation.get('counts'), list):
-            segmentation = mask_utils.frPyObjects(segmentation, oh, ow)
-        mask = mask_utils.decode(segmentation).astype(bool)[None]
+        mask = segmentation_to_mask(ann['segmentation'], (oh, ow))[None]
         x, y, w, h = (float(v) for v in ann['bbox'])
         ih, iw = sample.image_hw
         box = np.array(

@@ -14,18 +14,11 @@ import numpy as np
 from PIL import Image
 
 from mobius_ros.evalrender.scene import SHAPES, render_scene
+from mobius_ros.ops.masks import rle_encode
 
 
 def categories() -> list[dict]:
     return [{'id': i + 1, 'name': s, 'supercategory': 'shape'} for i, s in enumerate(SHAPES)]
-
-
-def rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of a [H, W] bool mask (column-major, as pycocotools expects)."""
-    from pycocotools import mask as mask_utils
-
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {'size': list(encoded['size']), 'counts': encoded['counts'].decode('ascii')}
 
 
 def render_set(*, num: int, size: int, seed: int) -> tuple[dict, list[dict], list[np.ndarray]]:
@@ -47,7 +40,7 @@ def render_set(*, num: int, size: int, seed: int) -> tuple[dict, list[dict], lis
                     'id': ids[-1],
                     'image_id': image_id,
                     'category_id': SHAPES.index(inst.shape) + 1,
-                    'segmentation': rle(inst.mask),
+                    'segmentation': rle_encode(inst.mask),
                     'area': float(inst.area),
                     'bbox': [x0, y0, x1 - x0, y1 - y0],
                     'iscrowd': 0,

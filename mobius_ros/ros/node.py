@@ -398,6 +398,21 @@ def _plain(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
+def _spin(executor: MultiThreadedExecutor) -> None:
+    """`executor.spin()`, surviving an entity destroyed while another thread builds the wait set.
+
+    Deactivating destroys the camera subscription (and its event handlers) from a service
+    callback; if the executor's thread is adding those handlers to its next wait set at that
+    moment, rclpy raises InvalidHandle out of spin and the node would die. The next wait set no
+    longer holds them, so spinning on is right.
+    """
+    while rclpy.ok():
+        try:
+            executor.spin_once()
+        except _rclpy.InvalidHandle:
+            continue
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: `mobius_node` / `python -m mobius_ros.ros.node` (takes --ros-args)."""
     rclpy.init(args=list(sys.argv if argv is None else argv))
@@ -407,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if node.get_parameter('autostart').value and node.trigger_configure() == SUCCESS:
         node.trigger_activate()
     try:
-        executor.spin()
+        _spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except _rclpy.RCLError:

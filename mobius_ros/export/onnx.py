@@ -43,6 +43,10 @@ from mobius_ros.model.mobius import Mobius
 from mobius_ros.model.text_encoder import HfClipTextEncoder, MiniLMTextEncoder
 
 FORMAT = io_spec.EXPORT_FORMAT
+# Bumped whenever the graphs exported for the same config and weights change (a rewritten op, a
+# new node layout), so caches written by an older exporter are not reused after an upgrade.
+# 2: deformable attention as one weighted sum per level (no stack of all samples).
+GRAPH_REVISION = 2
 DEFAULT_OPSET = 17
 TEXT_CONTEXT = 77  # token ids per phrase in the text graph (CLIP's context; MiniLM truncates)
 # Phrases used to trace the graphs; any will do, they only fix the traced ranks.
@@ -85,13 +89,15 @@ def weights_hash(model: nn.Module) -> str:
 
 
 def export_key(model: Mobius, options: ExportOptions) -> str:
-    """Cache key of an export: config, weights, canvas, opset and format (16 hex digits).
+    """Cache key of an export: config, weights, canvas, opset, format and the exporter's graph
+    revision (16 hex digits).
 
     The Segmenter keeps exports under `engine_dir/<key>/`, so a new checkpoint or canvas can
     never pick up stale graphs.
     """
     payload = {
         'format': FORMAT,
+        'graph_revision': GRAPH_REVISION,
         'config': model.config.to_dict(),
         'weights': weights_hash(model),
         'options': _options_dict(options),

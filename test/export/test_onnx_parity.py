@@ -197,3 +197,15 @@ def test_model_json_describes_the_export(exported: Exported) -> None:
         assert graph['inputs'] == specs[name].to_dict()['inputs']
     # Hashes are checked on open; an altered graph is refused.
     ExportedModel.open(exported.directory, verify_hashes=True)
+
+
+def test_export_key_changes_with_the_graph_revision(
+    exported: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exporter that writes different graphs for the same checkpoint must not reuse caches."""
+    from mobius_ros.export import onnx as onnx_export
+
+    options = onnx_export.ExportOptions(input_size=CANVAS)
+    before = onnx_export.export_key(exported.model, options)
+    monkeypatch.setattr(onnx_export, 'GRAPH_REVISION', onnx_export.GRAPH_REVISION + 1)
+    assert onnx_export.export_key(exported.model, options) != before

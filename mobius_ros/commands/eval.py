@@ -98,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f'unknown tasks {unknown}; choose from {TASKS}')
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.background_photos is not None and (
+        args.annotations is not None or args.renderer == 'independent'
+    ):
+        raise SystemExit(
+            '--background-photos applies to the synthetic and randomised renderers, not to'
+            ' --annotations or --renderer independent'
+        )
     if args.export is not None:
         if args.pruning_study or args.equal_flops:
             raise SystemExit('--pruning-study and --equal-flops need --checkpoint')

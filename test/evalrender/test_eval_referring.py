@@ -67,3 +67,9 @@ def test_eval_refuses_a_referring_record_without_its_annotation(tmp_path):
 def test_render_eval_command_writes_the_set(tmp_path):
     assert main(['render-eval', '--out', str(tmp_path), '--num', '2', '--size', '64']) == 0
     assert len(json.loads((tmp_path / 'instances.json').read_text())['images']) == 2
+
+
+def test_background_photos_is_refused_where_it_would_be_ignored(tmp_path):
+    for extra in (['--renderer', 'independent'], ['--annotations', 'a.json', '--images', 'i']):
+        with pytest.raises(SystemExit, match='--background-photos applies'):
+            main(['eval', '--background-photos', str(tmp_path), *extra, '--out', 'x.json'])

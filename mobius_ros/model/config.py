@@ -79,6 +79,9 @@ class PixelDecoderConfig:
         fpn_conv: the 3x3 output convolutions of the FPN back to stride 4: 'full' (the
             paper's) or 'separable' (depthwise 3x3 then pointwise 1x1, about 8x fewer MACs at
             C = 128; the stride-4 convolution is the costliest node of the mobile graphs).
+        norm: the norm of the bottleneck decoder's projections and FPN convolutions: 'group'
+            (the paper's GroupNorm(32)) or 'batch' (BatchNorm, folded into the convolutions at
+            export, where GroupNorm stays as InstanceNormalization between reshapes).
         style: 'bottleneck' (MOBIUS, DESIGN §4.5) or 'maskdino': GLEE's MaskDINO encoder
             (input projections with group norm, an extra stride-64 level, early fusion before
             the deformable layers, an FPN step to stride 4), computed as GLEE computes it.
@@ -95,6 +98,7 @@ class PixelDecoderConfig:
     fusion_dim: int = 2048
     fusion_heads: int = 8
     fpn_conv: str = 'full'
+    norm: str = 'group'
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Layers both pixel decoders and both query decoders are built from: conv + GroupNorm, the
+"""Layers both pixel decoders and both query decoders are built from: conv + norm, the
 post-norm FFN, the encoder's self-attention layer and the query decoder's layer."""
 
 from __future__ import annotations
@@ -14,28 +14,49 @@ SELF_ATTENTION = ('deformable', 'standard', 'none')
 PROJECTED_STRIDES = (8, 16, 32)  # the backbone strides both pixel decoders project to C
 
 
+NORMS = ('group', 'batch')
+
+
+def norm_2d(kind: str, channels: int) -> nn.Module:
+    """'group': GroupNorm (32 groups, or fewer for narrow widths), the paper's; 'batch':
+    BatchNorm, which the exporter folds into the convolution before it (no node at all), where
+    GroupNorm exports as InstanceNormalization between two reshapes and an affine Mul + Add."""
+    if kind == 'group':
+        return nn.GroupNorm(next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0), channels)
+    if kind == 'batch':
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f'norm must be one of {NORMS}, got {kind!r}')
+
+
 def conv_gn(
-    cin: int, cout: int, kernel: int, stride: int = 1, *, relu: bool = False, bias: bool = False
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    relu: bool = False,
+    bias: bool = False,
+    norm: str = 'group',
 ) -> nn.Sequential:
-    """Conv [with bias] + GroupNorm (32 groups, or fewer for narrow widths) [+ ReLU]."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if cout % g == 0)
+    """Conv [with bias] + GroupNorm (or `norm_2d`'s other kind) [+ ReLU]."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias),
-        nn.GroupNorm(groups, cout),
+        norm_2d(norm, cout),
     ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
-def separable_conv_gn(cin: int, cout: int, kernel: int, *, relu: bool = False) -> nn.Sequential:
-    """Depthwise kxk conv, pointwise 1x1 conv, GroupNorm [+ ReLU]: `conv_gn`'s role at about
-    k^2 times fewer MACs when cin = cout is wide."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if cout % g == 0)
+def separable_conv_gn(
+    cin: int, cout: int, kernel: int, *, relu: bool = False, norm: str = 'group'
+) -> nn.Sequential:
+    """Depthwise kxk conv, pointwise 1x1 conv, GroupNorm (or `norm_2d`'s other kind) [+ ReLU]:
+    `conv_gn`'s role at about k^2 times fewer MACs when cin = cout is wide."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cin, kernel, padding=kernel // 2, groups=cin, bias=False),
         nn.Conv2d(cin, cout, 1, bias=False),
-        nn.GroupNorm(groups, cout),
+        norm_2d(norm, cout),
     ]
     if relu:
         layers.append(nn.ReLU(inplace=True))

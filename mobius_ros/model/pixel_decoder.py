@@ -42,6 +42,7 @@ class BottleneckPixelDecoder(nn.Module):
         fusion_dim, fusion_heads: bi-attention inner width and heads.
         multi_scale_memory: give the decoder all projected scales instead of the bottleneck.
         fpn_conv: 'full' 3x3 FPN output convolutions or 'separable' (depthwise + pointwise).
+        norm: the norm after each projection and FPN convolution: 'group' or 'batch'.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class BottleneckPixelDecoder(nn.Module):
         fusion_heads: int = 8,
         multi_scale_memory: bool = False,
         fpn_conv: str = 'full',
+        norm: str = 'group',
     ) -> None:
         super().__init__()
         self.strides = PROJECTED_STRIDES + ((64,) if 64 in encoder_strides else ())
@@ -69,10 +71,10 @@ class BottleneckPixelDecoder(nn.Module):
         self.multi_scale_memory = multi_scale_memory
         self.dim = dim
         self.input_proj = nn.ModuleDict(
-            {str(s): conv_gn(in_channels[s], dim, 1) for s in PROJECTED_STRIDES}
+            {str(s): conv_gn(in_channels[s], dim, 1, norm=norm) for s in PROJECTED_STRIDES}
         )
         if 64 in self.strides:
-            self.input_proj['64'] = conv_gn(in_channels[32], dim, 3, stride=2)
+            self.input_proj['64'] = conv_gn(in_channels[32], dim, 3, stride=2, norm=norm)
         self.level_embed = nn.Parameter(torch.randn(len(self.strides), dim) * 0.02)
         self.fusion = BiAttentionBlock(dim, fusion_dim, fusion_heads) if fusion else None
         self.layers = nn.ModuleList(
@@ -89,13 +91,13 @@ class BottleneckPixelDecoder(nn.Module):
         # FPN back to stride 4 from the finest encoder scale.
         self.fpn_strides = tuple(s for s in (16, 8, 4) if s < self.encoder_strides[0])
         self.lateral = nn.ModuleDict(
-            {str(s): conv_gn(in_channels[s], dim, 1) for s in self.fpn_strides}
+            {str(s): conv_gn(in_channels[s], dim, 1, norm=norm) for s in self.fpn_strides}
         )
         if fpn_conv not in ('full', 'separable'):
             raise ValueError(f"fpn_conv must be 'full' or 'separable', got {fpn_conv!r}")
         output = conv_gn if fpn_conv == 'full' else separable_conv_gn
         self.output = nn.ModuleDict(
-            {str(s): output(dim, dim, 3, relu=True) for s in self.fpn_strides}
+            {str(s): output(dim, dim, 3, relu=True, norm=norm) for s in self.fpn_strides}
         )
         self.mask_proj = nn.Conv2d(dim, dim, 1)
 
@@ -196,8 +198,13 @@ def build_pixel_decoder(
             fusion_heads=config.fusion_heads,
             multi_scale_memory=multi_scale_memory,
             fpn_conv=config.fpn_conv,
+            norm=config.norm,
         )
     if config.style == 'maskdino':
+        if config.norm != 'group':
+            raise ValueError(
+                f"style 'maskdino' uses GroupNorm as GLEE does, got norm {config.norm!r}"
+            )
         if tuple(config.encoder_strides) != MASKDINO_STRIDES or config.self_attn != 'deformable':
             raise ValueError(
                 f"style 'maskdino' needs encoder_strides={MASKDINO_STRIDES} and self_attn "

@@ -17,6 +17,8 @@ LAYOUTS = {
         'pixel_decoder': {'encoder_strides': (8,)},
         'decoder': {'multi_scale': True, 'referring_pooling': 'attention'},
     },
+    # The mobile option whose norms fold into the convolutions at export.
+    'batch_norm': {'pixel_decoder': {'norm': 'batch'}},
     # A converted GLEE-Lite and GLEE-Plus (reduced, with the parity test's seeded GLEE weights).
     'glee_lite': None,
     'glee_plus': None,
@@ -39,6 +41,14 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if getattr(model.decoder, 'referring_pool', None) is not None:
         # Its last layer starts at zero (= a plain mean); make the weighting non-uniform.
         torch.nn.init.normal_(model.decoder.referring_pool[-1].weight, std=1.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            # Fresh statistics are the identity; give the fold something to get wrong.
+            generator = torch.Generator().manual_seed(2)
+            module.running_mean.normal_(0.0, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.normal_(0.0, 0.3, generator=generator)
     directory = tmp_path_factory.mktemp('export') / request.param
     export_model(model, directory, ExportOptions(input_size=CANVAS))
     return Exported(model, directory)

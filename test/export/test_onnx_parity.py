@@ -209,3 +209,20 @@ def test_export_key_changes_with_the_graph_revision(
     before = onnx_export.export_key(exported.model, options)
     monkeypatch.setattr(onnx_export, 'GRAPH_REVISION', onnx_export.GRAPH_REVISION + 1)
     assert onnx_export.export_key(exported.model, options) != before
+
+
+def test_batch_norms_fold_into_the_convolutions(exported: Exported) -> None:
+    """norm='batch' leaves no norm node in the encoder graph; GroupNorm stays as
+    InstanceNormalization (the parity tests above check the folded graph's numbers)."""
+    import onnx
+
+    model = ExportedModel.open(exported.directory)
+    graph = onnx.load(str(model.graph_path(io_spec.ENCODER)), load_external_data=False).graph
+    ops = {node.op_type for node in graph.node}
+    assert 'BatchNormalization' not in ops
+    norm = type(exported.model.pixel_decoder.input_proj['8'][1])
+    if norm is torch.nn.BatchNorm2d:
+        assert 'InstanceNormalization' not in ops
+    else:
+        assert norm is torch.nn.GroupNorm
+        assert 'InstanceNormalization' in ops

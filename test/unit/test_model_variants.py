@@ -175,6 +175,26 @@ def test_invalid_fpn_conv_is_rejected() -> None:
         build_model('MOBIUS-tiny', pixel_decoder={'fpn_conv': 'dilated'})
 
 
+def test_batch_norm_option_replaces_every_pixel_decoder_group_norm() -> None:
+    model = build_model('MOBIUS-tiny', pixel_decoder={'norm': 'batch'})
+    norms = [m for m in model.pixel_decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.pixel_decoder.modules())
+    model.train()
+    out = model(torch.randn(2, 3, 64, 96), ['cat'])
+    out.mask_features.sum().backward()  # trains: batch statistics, gradients through them
+    assert all(int(m.num_batches_tracked) == 1 for m in norms)
+
+
+@pytest.mark.parametrize(
+    ('variant', 'match'), [('MOBIUS-tiny', 'norm'), ('GLEE-Lite', "'maskdino' uses GroupNorm")]
+)
+def test_invalid_norm_is_rejected(variant: str, match: str) -> None:
+    norm = 'layer' if variant == 'MOBIUS-tiny' else 'batch'
+    with pytest.raises(ValueError, match=match):
+        build_model(variant, pixel_decoder={'norm': norm})
+
+
 def test_invalid_self_attention_is_rejected() -> None:
     with pytest.raises(ValueError, match='self_attn'):
         build_model('MOBIUS-tiny', pixel_decoder={'self_attn': 'global'})

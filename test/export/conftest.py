@@ -41,10 +41,10 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if getattr(model.decoder, 'referring_pool', None) is not None:
         # Its last layer starts at zero (= a plain mean); make the weighting non-uniform.
         torch.nn.init.normal_(model.decoder.referring_pool[-1].weight, std=1.0)
+    generator = torch.Generator().manual_seed(2)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             # Fresh statistics are the identity; give the fold something to get wrong.
-            generator = torch.Generator().manual_seed(2)
             module.running_mean.normal_(0.0, 0.5, generator=generator)
             module.running_var.uniform_(0.5, 2.0, generator=generator)
             module.weight.data.uniform_(0.5, 1.5, generator=generator)

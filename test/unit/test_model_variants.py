@@ -187,10 +187,10 @@ def test_batch_norm_option_replaces_every_pixel_decoder_group_norm() -> None:
 
 
 @pytest.mark.parametrize(
-    ('variant', 'match'), [('MOBIUS-tiny', 'norm'), ('GLEE-Lite', "'maskdino' uses GroupNorm")]
+    ('variant', 'norm', 'match'),
+    [('MOBIUS-tiny', 'layer', 'norm must be one of'), ('GLEE-Lite', 'batch', "'maskdino' uses")],
 )
-def test_invalid_norm_is_rejected(variant: str, match: str) -> None:
-    norm = 'layer' if variant == 'MOBIUS-tiny' else 'batch'
+def test_invalid_norm_is_rejected(variant: str, norm: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_model(variant, pixel_decoder={'norm': norm})
 

@@ -8,6 +8,7 @@
         --images val2017 --size 384 --tasks vocabulary,agnostic
     mobius eval --annotations set/instances.json --images set/images --referring set/referring.json
     mobius eval --renderer independent --num 200 --size 160 --seed 0
+    mobius eval --renderer independent --size 640 --canvas 384 512   # as the node's canvas sees it
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--size', type=int, help='synthetic image side / COCO short side (default: trained size)'
     )
+    parser.add_argument(
+        '--canvas',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help='letterbox every image into this canvas (multiples of 32) as the node does with'
+        ' input_height / input_width, and score at the frame size (default: the model'
+        ' runs each image at its own size; --export always uses its fixed canvas)',
+    )
     parser.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     parser.add_argument('--seed', type=int, default=0, help='synthetic generator seed')
     parser.add_argument(
@@ -105,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
             '--background-photos applies to the synthetic and randomised renderers, not to'
             ' --annotations or --renderer independent'
         )
+    canvas = None if args.canvas is None else (int(args.canvas[0]), int(args.canvas[1]))
+    if canvas is not None:
+        if canvas[0] <= 0 or canvas[1] <= 0 or canvas[0] % 32 or canvas[1] % 32:
+            raise SystemExit(f'--canvas {canvas[0]} {canvas[1]}: must be positive multiples of 32')
+        if args.export is not None:
+            raise SystemExit('--canvas is for --checkpoint: an export runs at its own canvas')
+        if args.pruning_study or args.equal_flops:
+            raise SystemExit('--canvas does not apply to --pruning-study or --equal-flops')
     if args.export is not None:
         if args.pruning_study or args.equal_flops:
             raise SystemExit('--pruning-study and --equal-flops need --checkpoint')
@@ -161,7 +179,11 @@ def run(args: argparse.Namespace) -> int:
             f' images at {size} px, seed {args.seed}'
             + (f', photos from {args.background_photos}' if photos else '')
         )
-    settings = EvalSettings(batch_size=args.batch_size, pruning_min_keep=args.min_keep)
+    settings = EvalSettings(
+        batch_size=args.batch_size, pruning_min_keep=args.min_keep, canvas=canvas
+    )
+    if canvas is not None:
+        source += f', letterboxed into a {canvas[0]}x{canvas[1]} canvas'
     if model is None:
         from mobius_ros.train.eval_runtime import evaluate_export, open_export
 

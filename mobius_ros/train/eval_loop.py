@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mobius_ros.model.pruning import PruningConfig
 from mobius_ros.ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_xywh
+from mobius_ros.ops.image import PIXEL_MEAN, PIXEL_STD, letterbox, normalize_image
 from mobius_ros.ops.masks import rle_encode
 from mobius_ros.runtime.result import Prediction, Task
 from mobius_ros.train.data.collate import collate
@@ -51,6 +52,11 @@ class EvalSettings:
             compute it. 'one' scores each query once, with its best class: what the runtime
             publishes (one label per object); `evaluate_model` reports it too, under
             'one_label/'. Category-guided AP only; agnostic and referring have one class.
+        canvas: (H, W) letterbox canvas, multiples of 32, or None. None runs each image at
+            its own size. A canvas feeds the model what the runtime feeds it: the frame scaled
+            (up or down) to fit the canvas, placed top-left on black (`ops.image.letterbox`),
+            with predictions mapped back to the frame's pixels. So 'at 640 px through the
+            node's 384x512 canvas' is measured as the node would see it.
     """
 
     batch_size: int = 8
@@ -59,10 +65,15 @@ class EvalSettings:
     pruning_min_keep: int = 30
     flops_images: int = 8
     labels_per_query: str = 'all'
+    canvas: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.labels_per_query not in ('one', 'all'):
             raise ValueError(f"labels_per_query is 'one' or 'all', got {self.labels_per_query!r}")
+        if self.canvas is not None:
+            h, w = self.canvas
+            if h <= 0 or w <= 0 or h % 32 or w % 32:
+                raise ValueError(f'canvas {self.canvas} must be positive multiples of 32')
 
 
 @dataclass(frozen=True)
@@ -175,10 +186,15 @@ def predict_each(
     referring = task is Task.REFERRING
     features = None if referring else model.encode_text(list(samples[0].phrases))
     out: list[list[Prediction]] = [[] for _ in settings]
+    canvas = settings[0].canvas
     for start in range(0, len(samples), batch_size):
         chunk = list(samples[start : start + batch_size])
+        if canvas is not None:
+            chunk, canvases = zip(*(letterbox_sample(s, canvas) for s in chunk))
+            chunk = list(chunk)
         batch = collate(chunk)
-        images = batch.images.to(device)
+        images = torch.stack(canvases) if canvas is not None else batch.images
+        images = images.to(device)
         text = list(batch.phrases) if referring else features
         output = model(images, text, referring=referring, pruning=pruning)
         final = output.layers[-1]
@@ -198,6 +214,31 @@ def predict_each(
                     )
                 )
     return out
+
+
+def sample_rgb(sample: Sample) -> np.ndarray:
+    """A sample's normalised tensor back to [H, W, 3] uint8 RGB at its original size."""
+    import cv2
+
+    image = sample.image.detach().cpu().numpy().transpose(1, 2, 0)
+    rgb = np.clip(np.rint(image * np.array(PIXEL_STD) + np.array(PIXEL_MEAN)), 0, 255)
+    rgb = rgb.astype(np.uint8)
+    height, width = sample.orig_size
+    if rgb.shape[:2] != (height, width):
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+    return rgb
+
+
+def letterbox_sample(sample: Sample, canvas: tuple[int, int]) -> tuple[Sample, Tensor]:
+    """`sample` as the runtime would feed it: (the sample with its image at the scale that fits
+    `canvas`, its original size kept and its masks dropped (the ground truth stays with the
+    evaluation set), and the normalised [3, H, W] canvas tensor)."""
+    placed, scale, _ = letterbox(sample_rgb(sample), canvas)
+    oh, ow = sample.orig_size
+    h = min(canvas[0], max(1, round(oh * scale)))
+    w = min(canvas[1], max(1, round(ow * scale)))
+    tensor = torch.from_numpy(normalize_image(placed))
+    return replace(sample, image=tensor[:, :h, :w], masks=None), tensor
 
 
 def evaluate_vocabulary(

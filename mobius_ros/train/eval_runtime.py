@@ -15,30 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mobius_ros.ops.image import PIXEL_MEAN, PIXEL_STD
 from mobius_ros.runtime.result import Prediction
-from mobius_ros.train.data.sample import Sample
 from mobius_ros.train.eval_loop import (
     EvalSet,
     agnostic_metrics,
     referring_metrics_of,
+    sample_rgb,
     vocabulary_metrics,
 )
-
-
-def sample_rgb(sample: Sample) -> np.ndarray:
-    """A sample's normalised tensor back to [H, W, 3] uint8 RGB at its stored size."""
-    import cv2
-
-    image = sample.image.detach().cpu().numpy().transpose(1, 2, 0)
-    rgb = np.clip(np.rint(image * np.array(PIXEL_STD) + np.array(PIXEL_MEAN)), 0, 255)
-    rgb = rgb.astype(np.uint8)
-    height, width = sample.orig_size
-    if rgb.shape[:2] != (height, width):
-        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-    return rgb
 
 
 def open_export(directory: str | Path) -> Any:

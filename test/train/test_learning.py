@@ -9,14 +9,25 @@ data stream, matcher, criterion, optimiser, schedule, checkpoint and evaluation.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mobius_ros.cli import main
 from mobius_ros.model.checkpoint import load_checkpoint
-from mobius_ros.train.eval_loop import EvalSet, EvalSettings, evaluate_model
+from mobius_ros.ops.image import letterbox, normalize_image
+from mobius_ros.runtime.result import Task
+from mobius_ros.train.eval_loop import (
+    EvalSet,
+    EvalSettings,
+    evaluate_model,
+    letterbox_sample,
+    predict,
+    sample_rgb,
+)
 from mobius_ros.train.eval_sets import synthetic_eval_set
 from mobius_ros.train.loop import build_training_model, seed_everything, train
 from mobius_ros.train.optim import OptimConfig
@@ -117,3 +128,59 @@ def test_equal_flops_study_prunes_as_much_as_the_sigmoid_default(
         gap = abs(sum(matched[name]['queries_kept']) - target)
         assert gap <= abs(sum(default[name]['queries_kept']) - target) + 0.11, name
         assert 0.05 <= matched[name]['upper'] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_canvas_feeds_the_model_the_letterboxed_frame(trained: tuple[Path, float]) -> None:
+    checkpoint, _ = trained
+    model = load_checkpoint(checkpoint)
+    data = synthetic_eval_set(num_images=6, size=SIZE, split='val')
+    shapes: list[tuple[int, ...]] = []
+    hook = model.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
+    try:
+        native = predict(model, data.samples, task=Task.AGNOSTIC, settings=SETTINGS)
+        same = replace(SETTINGS, canvas=(SIZE, SIZE))
+        boxed = predict(model, data.samples, task=Task.AGNOSTIC, settings=same)
+        shapes.clear()
+        wide = replace(SETTINGS, canvas=(2 * SIZE, 3 * SIZE))
+        larger = predict(model, data.samples, task=Task.AGNOSTIC, settings=wide)
+    finally:
+        hook.remove()
+    # A canvas of the frame's own size is the native run: the same predictions.
+    for a, b in zip(native, boxed):
+        assert np.array_equal(a.masks, b.masks) and np.allclose(a.scores, b.scores, atol=1e-5)
+    # A larger canvas: the model sees the frame scaled 2x on a 2x-by-3x canvas, and every
+    # prediction comes back at the frame's own size.
+    assert shapes == [(6, 3, 2 * SIZE, 3 * SIZE)]
+    for prediction in larger:
+        assert prediction.image_size == (SIZE, SIZE)
+        assert prediction.masks.shape[1:] == (SIZE, SIZE)
+        assert (prediction.boxes[:, 2:] <= SIZE).all()
+    with pytest.raises(ValueError, match='multiples of 32'):
+        EvalSettings(canvas=(100, 96))
+
+
+def test_letterboxed_sample_is_the_runtime_canvas() -> None:
+    sample = synthetic_eval_set(num_images=1, size=SIZE, split='val').samples[0]
+    scaled, canvas = letterbox_sample(sample, (64, 96))
+    expected, scale, pad = letterbox(sample_rgb(sample), (64, 96))
+    assert (scale, pad) == (64 / SIZE, (0, 0))
+    assert canvas.shape == (3, 64, 96) and scaled.image_hw == (64, 64)
+    assert scaled.orig_size == sample.orig_size == (SIZE, SIZE)
+    assert torch.equal(canvas, torch.from_numpy(normalize_image(expected)))
+    assert torch.equal(scaled.image, canvas[:, :64, :64])
+    # Beside the frame, the canvas is black, as the runtime pads it.
+    black = torch.from_numpy(normalize_image(np.zeros((1, 1, 3), np.uint8)))[:, 0, 0]
+    assert torch.allclose(canvas[:, :, 64:], black[:, None, None].expand(3, 64, 32))
+
+
+@pytest.mark.parametrize(
+    ('extra', 'message'),
+    [
+        (['--canvas', '100', '96'], 'multiples of 32'),
+        (['--canvas', '96', '96', '--pruning-study'], 'does not apply'),
+    ],
+)
+def test_eval_command_refuses_a_bad_canvas(extra: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        main(['eval', '--num', '1', '--size', str(SIZE), *extra])
